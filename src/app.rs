@@ -1,0 +1,255 @@
+//! The composition root: config → store, writer, sources, uplinks, summary → wait for a
+//! signal → ordered shutdown. Shutdown order is what keeps it lossless: sources stop
+//! first, the writer commits everything they handed over, then the uplinks stop (an
+//! upload in flight is abandoned and stays in the store).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Durability, UplinkKind};
+use crate::ops::{Stats, summary};
+use crate::sources::mqtt::MqttSource;
+use crate::sources::sim::SimulatedPlant;
+use crate::store::writer::{self, Ingest, WriterSettings};
+use crate::store::{SledStore, Store, StoreError};
+use crate::uplink::http::HttpSink;
+use crate::uplink::local::{FileSink, StdoutSink};
+use crate::uplink::{self, UplinkSettings};
+
+/// Samples (in source events) that may wait for the writer before sources feel
+/// back-pressure.
+const INGEST_QUEUE: usize = 1024;
+const SOURCE_STOP_GRACE: Duration = Duration::from_secs(5);
+const WRITER_DRAIN_GRACE: Duration = Duration::from_secs(15);
+const UPLINK_STOP_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot create the state directory {path}: {source}")]
+    StateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Something in the config that only shows when it is used (a CA file that does not
+    /// parse, say). Reported like a config error.
+    #[error("{0}")]
+    Setup(String),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// When to stop besides a signal.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunLimits {
+    pub duration: Option<Duration>,
+}
+
+/// Runs the gateway until SIGTERM/SIGINT (or the duration limit).
+pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppError> {
+    crate::tls::install_crypto_provider();
+    let state_dir = config.gateway.state_dir.clone();
+    std::fs::create_dir_all(&state_dir).map_err(|source| AppError::StateDir {
+        path: state_dir.display().to_string(),
+        source,
+    })?;
+    let uplink_names: Vec<String> = config.uplinks.iter().map(|u| u.name.clone()).collect();
+    let store_config = config.store.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        SledStore::open(
+            &state_dir,
+            &uplink_names,
+            store_config.max_bytes,
+            store_config.full_policy,
+        )
+    })
+    .await
+    .map_err(|e| AppError::Setup(format!("store open panicked: {e}")))??;
+    let store: Arc<dyn Store> = Arc::new(opened);
+    let backlog = store.stats()?;
+    log::info!(
+        "tidegate {} starting: gateway {}, store {} ({} records buffered, {:?} durability)",
+        env!("CARGO_PKG_VERSION"),
+        config.gateway.id,
+        config.gateway.state_dir.display(),
+        backlog.records,
+        config.store.durability
+    );
+    for line in config.describe().lines() {
+        log::info!("plan: {line}");
+    }
+    let stats = Arc::new(Stats::default());
+
+    // Build everything that can fail before starting anything.
+    let mut mqtt_sources = Vec::new();
+    for source in &config.mqtt_sources {
+        mqtt_sources
+            .push(MqttSource::new(source.clone()).map_err(|e| AppError::Setup(e.to_string()))?);
+    }
+    let (committed_tx, committed_rx) = watch::channel(backlog.last_seq);
+    let uplink_shutdown = CancellationToken::new();
+    let mut uplink_tasks: Vec<JoinHandle<()>> = Vec::new();
+    for u in &config.uplinks {
+        let (backoff_min, backoff_max, retry_after_max) = match &u.kind {
+            UplinkKind::Http(h) => (h.backoff.min, h.backoff.max, h.retry_after_max),
+            _ => (
+                Duration::from_millis(500),
+                Duration::from_secs(30),
+                Duration::from_secs(60),
+            ),
+        };
+        let settings = UplinkSettings {
+            name: u.name.clone(),
+            batching: u.batching,
+            backoff_min,
+            backoff_max,
+            retry_after_max,
+        };
+        let (store, rx, stats, token) = (
+            store.clone(),
+            committed_rx.clone(),
+            stats.clone(),
+            uplink_shutdown.clone(),
+        );
+        let task = match &u.kind {
+            UplinkKind::Http(h) => {
+                let sink = HttpSink::new(&config.gateway.id, h)
+                    .map_err(|e| AppError::Setup(format!("uplink {}: {e}", u.name)))?;
+                tokio::spawn(uplink::run(sink, settings, store, rx, stats, token))
+            }
+            UplinkKind::File { path } => tokio::spawn(uplink::run(
+                FileSink::new(path.clone()),
+                settings,
+                store,
+                rx,
+                stats,
+                token,
+            )),
+            UplinkKind::Stdout { format } => tokio::spawn(uplink::run(
+                StdoutSink::new(*format),
+                settings,
+                store,
+                rx,
+                stats,
+                token,
+            )),
+        };
+        uplink_tasks.push(task);
+    }
+
+    let (ingest_tx, ingest_rx) = mpsc::channel::<Ingest>(INGEST_QUEUE);
+    let writer_task = tokio::spawn(writer::run(
+        store.clone(),
+        ingest_rx,
+        WriterSettings {
+            durability: config.store.durability,
+            flush_interval: config.store.flush_interval,
+            commit_batch: config.store.commit_batch,
+        },
+        committed_tx,
+        stats.clone(),
+    ));
+
+    let source_shutdown = CancellationToken::new();
+    let mut source_tasks: Vec<JoinHandle<()>> = Vec::new();
+    for source in mqtt_sources {
+        source_tasks.push(tokio::spawn(source.run(
+            ingest_tx.clone(),
+            stats.clone(),
+            source_shutdown.clone(),
+        )));
+    }
+    for sim in &config.simulated_sources {
+        let plant = SimulatedPlant {
+            source: sim.name.clone(),
+            devices: sim.devices,
+            interval: sim.interval,
+            seed: sim.seed,
+        };
+        source_tasks.push(tokio::spawn(plant.run(
+            ingest_tx.clone(),
+            stats.clone(),
+            source_shutdown.clone(),
+        )));
+    }
+    drop(ingest_tx);
+
+    let summary_shutdown = CancellationToken::new();
+    let summary_task = config.log.summary_interval.map(|interval| {
+        tokio::spawn(summary::run(
+            interval,
+            stats.clone(),
+            store.clone(),
+            summary_shutdown.clone(),
+        ))
+    });
+
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    log::info!("ready");
+
+    wait_for_stop(limits).await?;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    log::info!("stopping: sources first, then committing what is in flight");
+
+    source_shutdown.cancel();
+    for task in source_tasks {
+        if tokio::time::timeout(SOURCE_STOP_GRACE, task).await.is_err() {
+            log::warn!("a source did not stop within {SOURCE_STOP_GRACE:?}");
+        }
+    }
+    match tokio::time::timeout(WRITER_DRAIN_GRACE, writer_task).await {
+        Ok(_) => {}
+        Err(_) => log::error!(
+            "the store writer did not finish within {WRITER_DRAIN_GRACE:?}; unacknowledged MQTT messages stay with the broker"
+        ),
+    }
+    uplink_shutdown.cancel();
+    for task in uplink_tasks {
+        let _ = tokio::time::timeout(UPLINK_STOP_GRACE, task).await;
+    }
+    summary_shutdown.cancel();
+    if let Some(task) = summary_task {
+        let _ = task.await;
+    }
+    log::info!(
+        "{}",
+        summary::line(&stats, &store, 0.0)
+            .await
+            .replacen("summary:", "final:", 1)
+    );
+    let store_for_flush = store.clone();
+    let _ = tokio::task::spawn_blocking(move || store_for_flush.flush()).await;
+    if config.store.durability == Durability::Interval {
+        log::debug!("store flushed at shutdown");
+    }
+    Ok(stats)
+}
+
+async fn wait_for_stop(limits: RunLimits) -> Result<(), AppError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(AppError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(AppError::Signals)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(AppError::Signals)?;
+    let deadline = async {
+        match limits.duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = term.recv() => { log::info!("SIGTERM received"); return Ok(()); }
+            _ = int.recv() => { log::info!("SIGINT received"); return Ok(()); }
+            _ = hup.recv() => {
+                log::warn!("SIGHUP received: this version does not reload in place; restart the service to apply changes");
+            }
+            _ = &mut deadline => { log::info!("run duration reached"); return Ok(()); }
+        }
+    }
+}

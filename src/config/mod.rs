@@ -1,0 +1,308 @@
+//! Configuration: TOML files → raw serde types → pure validation collecting every error
+//! with its file, line and key path → the typed [`Config`] the rest of tidegate builds
+//! from. Owns nothing at run time: it never opens a socket or a store, so `tidegate
+//! check` can use it on a live system.
+
+mod files;
+pub mod raw;
+pub mod secret;
+pub mod units;
+mod validate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use files::{ConfigDocument, Diagnostic, Location};
+pub use raw::{Durability, FullPolicy, StdoutFormat, TimestampFormat};
+pub use secret::{Secret, SecretRef};
+pub use validate::{Environment, SystemEnvironment, validate};
+
+use crate::sources::mqtt::topic::TopicTemplate;
+
+/// Default location of the main config file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/tidegate/tidegate.toml";
+
+/// Every problem found in the config. Displays one line per problem.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.diagnostics.len();
+        writeln!(f, "{n} config error{}:", if n == 1 { "" } else { "s" })?;
+        for (i, d) in self.diagnostics.iter().enumerate() {
+            if i + 1 < n {
+                writeln!(f, "  {d}")?;
+            } else {
+                write!(f, "  {d}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads, merges and validates the config at `path` (plus its `conf.d/` drop-ins).
+pub fn load(path: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
+    let doc = ConfigDocument::load(path).map_err(|diagnostics| ConfigError { diagnostics })?;
+    validate(&doc, env).map_err(|diagnostics| ConfigError { diagnostics })
+}
+
+/// Validates config given as text (the embedded demo config, tests).
+pub fn from_str(name: &str, text: &str, env: &dyn Environment) -> Result<Config, ConfigError> {
+    let doc = ConfigDocument::from_sources(vec![(PathBuf::from(name), text.to_string())])
+        .map_err(|diagnostics| ConfigError { diagnostics })?;
+    validate(&doc, env).map_err(|diagnostics| ConfigError { diagnostics })
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub gateway: GatewayConfig,
+    pub log: LogConfig,
+    pub store: StoreConfig,
+    pub mqtt_sources: Vec<MqttSourceConfig>,
+    pub simulated_sources: Vec<SimulatedSourceConfig>,
+    pub uplinks: Vec<UplinkConfig>,
+    /// The files this config was read from, in merge order.
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    pub id: String,
+    pub state_dir: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    pub level: log::LevelFilter,
+    /// `None` turns the periodic summary off.
+    pub summary_interval: Option<Duration>,
+}
+
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub max_bytes: u64,
+    pub full_policy: FullPolicy,
+    pub durability: Durability,
+    pub flush_interval: Duration,
+    pub commit_batch: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    pub ca_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackoffConfig {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct MqttSourceConfig {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub tls: Option<TlsConfig>,
+    pub keep_alive: Duration,
+    pub connect_timeout: Duration,
+    pub max_payload: usize,
+    pub reconnect: BackoffConfig,
+    pub inflight: u16,
+    pub subscriptions: Vec<SubscriptionConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct SimulatedSourceConfig {
+    pub name: String,
+    pub devices: usize,
+    pub interval: Duration,
+    pub seed: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct SubscriptionConfig {
+    pub filter: String,
+    pub qos: u8,
+    pub template: Option<TopicTemplate>,
+    pub device_field: Option<String>,
+    pub timestamp_field: Option<String>,
+    pub timestamp_format: TimestampFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batching {
+    pub max_records: usize,
+    pub linger: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct UplinkConfig {
+    pub name: String,
+    pub batching: Batching,
+    pub kind: UplinkKind,
+}
+
+#[derive(Clone, Debug)]
+pub enum UplinkKind {
+    Http(HttpUplinkConfig),
+    File { path: PathBuf },
+    Stdout { format: StdoutFormat },
+}
+
+impl UplinkKind {
+    pub fn label(&self) -> &'static str {
+        match self {
+            UplinkKind::Http(_) => "http",
+            UplinkKind::File { .. } => "file",
+            UplinkKind::Stdout { .. } => "stdout",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct HttpUplinkConfig {
+    pub url: reqwest::Url,
+    pub token: Option<Secret>,
+    pub tls: TlsConfig,
+    pub headers: Vec<(String, String)>,
+    pub timeout: Duration,
+    pub gzip: bool,
+    pub backoff: BackoffConfig,
+    pub retry_after_max: Duration,
+}
+
+fn fmt_duration(d: Duration) -> String {
+    units::format_duration(d)
+}
+
+impl Config {
+    /// The resolved plan, as `tidegate check` prints it. Secrets show as `<redacted>`.
+    pub fn describe(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(out, "config files: {}", join_paths(&self.files));
+        let _ = writeln!(
+            out,
+            "gateway {} (state in {})",
+            self.gateway.id,
+            self.gateway.state_dir.display()
+        );
+        let s = &self.store;
+        let _ = writeln!(
+            out,
+            "store: max {} ({:?} when full), durability {:?}{}, up to {} samples per commit",
+            units::ByteSize(s.max_bytes),
+            s.full_policy,
+            s.durability,
+            if s.durability == Durability::Interval {
+                format!(" every {}", fmt_duration(s.flush_interval))
+            } else {
+                String::new()
+            },
+            s.commit_batch
+        );
+        for m in &self.mqtt_sources {
+            let _ = writeln!(
+                out,
+                "source mqtt \"{}\": {}{}:{} as {}{}{}",
+                m.name,
+                if m.tls.is_some() {
+                    "mqtts://"
+                } else {
+                    "mqtt://"
+                },
+                m.host,
+                m.port,
+                m.client_id,
+                m.username
+                    .as_ref()
+                    .map(|u| format!(", user {u}"))
+                    .unwrap_or_default(),
+                m.password
+                    .as_ref()
+                    .map(|p| format!(", password {p}"))
+                    .unwrap_or_default(),
+            );
+            for sub in &m.subscriptions {
+                let device = match (&sub.template, &sub.device_field) {
+                    (Some(t), _) if t.has_device() => format!("device from topic {t}"),
+                    (_, Some(field)) => format!("device from field \"{field}\""),
+                    _ => "device = topic".to_string(),
+                };
+                let ts = sub
+                    .timestamp_field
+                    .as_ref()
+                    .map(|f| format!("time from \"{f}\" ({:?})", sub.timestamp_format))
+                    .unwrap_or_else(|| "time of receipt".into());
+                let _ = writeln!(
+                    out,
+                    "  subscribe {} qos {}: {device}, {ts}",
+                    sub.filter, sub.qos
+                );
+            }
+        }
+        for sim in &self.simulated_sources {
+            let _ = writeln!(
+                out,
+                "source simulated \"{}\": {} pumps every {}",
+                sim.name,
+                sim.devices,
+                fmt_duration(sim.interval)
+            );
+        }
+        for u in &self.uplinks {
+            let batching = format!(
+                "batches of up to {} records, linger {}",
+                u.batching.max_records,
+                fmt_duration(u.batching.linger)
+            );
+            let detail = match &u.kind {
+                UplinkKind::Http(h) => format!(
+                    "POST {}{}{}{}; timeout {}; retry {}..{}",
+                    h.url,
+                    if h.gzip { " (gzip)" } else { "" },
+                    h.token
+                        .as_ref()
+                        .map(|t| format!(", token {t}"))
+                        .unwrap_or_default(),
+                    if h.tls.client_cert_file.is_some() {
+                        ", client certificate"
+                    } else {
+                        ""
+                    },
+                    fmt_duration(h.timeout),
+                    fmt_duration(h.backoff.min),
+                    fmt_duration(h.backoff.max),
+                ),
+                UplinkKind::File { path } => format!("append NDJSON to {}", path.display()),
+                UplinkKind::Stdout { format } => format!("print {format:?}"),
+            };
+            let _ = writeln!(
+                out,
+                "uplink {} \"{}\": {detail}; {batching}",
+                u.kind.label(),
+                u.name
+            );
+        }
+        out
+    }
+}
+
+fn join_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,662 @@
+//! Pure validation: the merged document in, a typed [`Config`] or *every* problem out,
+//! each with its key path (and through the document, its file and line). The only
+//! outside facts it needs — secrets, file existence, the host name — come through the
+//! [`Environment`] trait, so tests run it without touching the machine.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use toml::Value;
+
+use super::files::{ConfigDocument, Diagnostic, join_index, join_key};
+use super::raw::*;
+use super::secret::{self, Secret, SecretRef};
+use super::*;
+
+/// What validation needs to know about the machine.
+pub trait Environment {
+    fn load_secret(&self, secret: &SecretRef) -> Result<Secret, String>;
+    fn check_readable(&self, path: &Path) -> Result<(), String>;
+    fn hostname(&self) -> String;
+}
+
+/// The real machine: files on disk, `$CREDENTIALS_DIRECTORY`, the kernel's host name.
+pub struct SystemEnvironment;
+
+impl Environment for SystemEnvironment {
+    fn load_secret(&self, secret: &SecretRef) -> Result<Secret, String> {
+        let dir = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        secret::load(secret, dir.as_deref())
+    }
+
+    fn check_readable(&self, path: &Path) -> Result<(), String> {
+        std::fs::File::open(path)
+            .map(|_| ())
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+    }
+
+    fn hostname(&self) -> String {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "tidegate".to_string())
+    }
+}
+
+struct Checker<'a> {
+    doc: &'a ConfigDocument,
+    env: &'a dyn Environment,
+    errors: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, key_path: &str, message: impl Into<String>) {
+        let d = self.doc.diagnostic(key_path, message);
+        self.errors.push(d);
+    }
+
+    /// Deserialises one section, reporting a failure with its full key path.
+    fn section<T: DeserializeOwned>(&mut self, value: &Value, prefix: &str) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+            Ok(parsed) => Some(parsed),
+            Err(err) => {
+                let mut path = prefix.to_string();
+                for segment in err.path().iter() {
+                    match segment {
+                        serde_path_to_error::Segment::Seq { index } => {
+                            path = join_index(&path, *index)
+                        }
+                        serde_path_to_error::Segment::Map { key } => path = join_key(&path, key),
+                        serde_path_to_error::Segment::Enum { variant } => {
+                            path = join_key(&path, variant)
+                        }
+                        serde_path_to_error::Segment::Unknown => {}
+                    }
+                }
+                let message = err.into_inner().message().to_string();
+                // serde reports an unknown field at its parent; point at the key itself.
+                if let Some(field) = unknown_field_name(&message) {
+                    let field_path = join_key(&path, field);
+                    if self.doc.locate(&field_path).is_some() {
+                        path = field_path;
+                    }
+                }
+                self.error(&path, message);
+                None
+            }
+        }
+    }
+
+    fn table_keys(&mut self, value: &Value, prefix: &str, allowed: &[&str]) {
+        match value.as_table() {
+            Some(table) => {
+                for key in table.keys() {
+                    if !allowed.contains(&key.as_str()) {
+                        self.error(
+                            &join_key(prefix, key),
+                            format!(
+                                "unknown key `{key}`, expected one of: {}",
+                                allowed.join(", ")
+                            ),
+                        );
+                    }
+                }
+            }
+            None => self.error(prefix, "expected a table"),
+        }
+    }
+
+    /// Items of an array of tables such as `[[uplinks.http]]`.
+    fn array_items<'v>(&mut self, value: &'v Value, prefix: &str) -> Vec<(String, &'v Value)> {
+        match value.as_array() {
+            Some(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (join_index(prefix, i), v))
+                .collect(),
+            None => {
+                self.error(
+                    prefix,
+                    format!("expected an array of tables: write [[{prefix}]]"),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    fn range_duration(&mut self, path: &str, value: Duration, min: Duration, max: Duration) {
+        if value < min || value > max {
+            self.error(
+                path,
+                format!(
+                    "{} is out of range: must be between {} and {}",
+                    units::format_duration(value),
+                    units::format_duration(min),
+                    units::format_duration(max)
+                ),
+            );
+        }
+    }
+
+    fn range_usize(&mut self, path: &str, value: usize, min: usize, max: usize) {
+        if value < min || value > max {
+            self.error(
+                path,
+                format!("{value} is out of range: must be between {min} and {max}"),
+            );
+        }
+    }
+
+    fn secret(&mut self, path: &str, reference: Option<&SecretRef>) -> Option<Secret> {
+        let reference = reference?;
+        if let Err(e) = secret::check_ref(reference) {
+            self.error(path, e);
+            return None;
+        }
+        match self.env.load_secret(reference) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.error(path, e);
+                None
+            }
+        }
+    }
+
+    fn tls(&mut self, path: &str, raw: &RawTls) -> TlsConfig {
+        for (key, file) in [
+            ("ca_file", &raw.ca_file),
+            ("client_cert_file", &raw.client_cert_file),
+            ("client_key_file", &raw.client_key_file),
+        ] {
+            if let Some(file) = file
+                && let Err(e) = self.env.check_readable(file)
+            {
+                self.error(&join_key(path, key), e);
+            }
+        }
+        if raw.client_cert_file.is_some() != raw.client_key_file.is_some() {
+            self.error(
+                path,
+                "client_cert_file and client_key_file must be given together",
+            );
+        }
+        TlsConfig {
+            ca_file: raw.ca_file.clone(),
+            client_cert_file: raw.client_cert_file.clone(),
+            client_key_file: raw.client_key_file.clone(),
+        }
+    }
+
+    fn name(&mut self, path: &str, name: &str, seen: &mut HashSet<String>) {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            self.error(
+                path,
+                format!("name \"{name}\" must be non-empty and use only letters, digits, '-', '_' and '.'"),
+            );
+        } else if !seen.insert(name.to_string()) {
+            self.error(path, format!("name \"{name}\" is used twice"));
+        }
+    }
+}
+
+fn unknown_field_name(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+/// Validates the merged document. Returns every problem found, not just the first.
+pub fn validate(doc: &ConfigDocument, env: &dyn Environment) -> Result<Config, Vec<Diagnostic>> {
+    let mut c = Checker {
+        doc,
+        env,
+        errors: Vec::new(),
+    };
+    let root = Value::Table(doc.merged.clone());
+    c.table_keys(
+        &root,
+        "",
+        &["gateway", "log", "store", "sources", "uplinks"],
+    );
+    let empty = Value::Table(Default::default());
+    let get = |key: &str| doc.merged.get(key).unwrap_or(&empty);
+
+    let raw_gateway: RawGateway = c.section(get("gateway"), "gateway").unwrap_or_default();
+    let gateway_id = raw_gateway.id.clone().unwrap_or_else(|| env.hostname());
+    if gateway_id.is_empty() || gateway_id.chars().any(|ch| ch.is_control() || ch == ':') {
+        c.error(
+            "gateway.id",
+            format!("\"{gateway_id}\" must be non-empty, without ':' or control characters"),
+        );
+    }
+    if !raw_gateway.state_dir.is_absolute() {
+        c.error(
+            "gateway.state_dir",
+            format!(
+                "\"{}\" must be an absolute path",
+                raw_gateway.state_dir.display()
+            ),
+        );
+    }
+
+    let raw_log: RawLog = c.section(get("log"), "log").unwrap_or_default();
+    let level = match raw_log.level.parse::<log::LevelFilter>() {
+        Ok(level) => level,
+        Err(_) => {
+            c.error(
+                "log.level",
+                format!(
+                    "\"{}\" is not a level: use error, warn, info, debug or trace",
+                    raw_log.level
+                ),
+            );
+            log::LevelFilter::Info
+        }
+    };
+    let summary = raw_log.summary_interval.0;
+    if !summary.is_zero() {
+        c.range_duration(
+            "log.summary_interval",
+            summary,
+            Duration::from_secs(1),
+            Duration::from_secs(86_400),
+        );
+    }
+
+    let raw_store: RawStore = c.section(get("store"), "store").unwrap_or_default();
+    if raw_store.max_bytes.bytes() < (1 << 20) {
+        c.error(
+            "store.max_bytes",
+            format!("{} is below the minimum of 1MiB", raw_store.max_bytes),
+        );
+    }
+    c.range_duration(
+        "store.flush_interval",
+        raw_store.flush_interval.0,
+        Duration::from_millis(10),
+        Duration::from_secs(60),
+    );
+    c.range_usize("store.commit_batch", raw_store.commit_batch, 1, 65_536);
+
+    let mut mqtt_sources = Vec::new();
+    let mut source_names = HashSet::new();
+    if let Some(sources) = doc.merged.get("sources") {
+        c.table_keys(sources, "sources", &["mqtt", "simulated"]);
+        if let Some(mqtt) = sources.get("mqtt") {
+            for (path, item) in c.array_items(mqtt, "sources.mqtt") {
+                if let Some(raw) = c.section::<RawMqttSource>(item, &path) {
+                    mqtt_sources.push(mqtt_source(
+                        &mut c,
+                        &path,
+                        raw,
+                        &gateway_id,
+                        &mut source_names,
+                    ));
+                }
+            }
+        }
+    }
+
+    let mut simulated_sources = Vec::new();
+    if let Some(list) = doc.merged.get("sources").and_then(|s| s.get("simulated")) {
+        for (path, item) in c.array_items(list, "sources.simulated") {
+            if let Some(raw) = c.section::<RawSimulatedSource>(item, &path) {
+                c.name(&join_key(&path, "name"), &raw.name, &mut source_names);
+                c.range_usize(&join_key(&path, "devices"), raw.devices, 1, 10_000);
+                c.range_duration(
+                    &join_key(&path, "interval"),
+                    raw.interval.0,
+                    Duration::from_millis(10),
+                    Duration::from_secs(3600),
+                );
+                simulated_sources.push(SimulatedSourceConfig {
+                    name: raw.name,
+                    devices: raw.devices,
+                    interval: raw.interval.0,
+                    seed: raw.seed,
+                });
+            }
+        }
+    }
+
+    let mut uplinks = Vec::new();
+    let mut uplink_names = HashSet::new();
+    if let Some(section) = doc.merged.get("uplinks") {
+        c.table_keys(section, "uplinks", &["http", "file", "stdout"]);
+        if let Some(list) = section.get("http") {
+            for (path, item) in c.array_items(list, "uplinks.http") {
+                if let Some(raw) = c.section::<RawHttpUplink>(item, &path) {
+                    uplinks.push(http_uplink(&mut c, &path, raw, &mut uplink_names));
+                }
+            }
+        }
+        if let Some(list) = section.get("file") {
+            for (path, item) in c.array_items(list, "uplinks.file") {
+                if let Some(raw) = c.section::<RawFileUplink>(item, &path) {
+                    c.name(&join_key(&path, "name"), &raw.name, &mut uplink_names);
+                    let batching = batching(&mut c, &path, raw.max_records, raw.linger.0);
+                    if raw.path.as_os_str().is_empty() {
+                        c.error(&join_key(&path, "path"), "must not be empty");
+                    }
+                    uplinks.push(UplinkConfig {
+                        name: raw.name,
+                        batching,
+                        kind: UplinkKind::File { path: raw.path },
+                    });
+                }
+            }
+        }
+        if let Some(list) = section.get("stdout") {
+            for (path, item) in c.array_items(list, "uplinks.stdout") {
+                if let Some(raw) = c.section::<RawStdoutUplink>(item, &path) {
+                    c.name(&join_key(&path, "name"), &raw.name, &mut uplink_names);
+                    let batching = batching(&mut c, &path, raw.max_records, raw.linger.0);
+                    uplinks.push(UplinkConfig {
+                        name: raw.name,
+                        batching,
+                        kind: UplinkKind::Stdout { format: raw.format },
+                    });
+                }
+            }
+        }
+    }
+
+    if c.errors.is_empty() {
+        if mqtt_sources.is_empty() && simulated_sources.is_empty() {
+            c.error(
+                "sources",
+                "no sources configured: add at least one [[sources.mqtt]]",
+            );
+        }
+        if uplinks.is_empty() {
+            c.error(
+                "uplinks",
+                "no uplinks configured: add [[uplinks.http]], [[uplinks.file]] or [[uplinks.stdout]] \
+                 (without one the store only fills up)",
+            );
+        }
+    }
+
+    if !c.errors.is_empty() {
+        return Err(c.errors);
+    }
+    Ok(Config {
+        gateway: GatewayConfig {
+            id: gateway_id,
+            state_dir: raw_gateway.state_dir,
+        },
+        log: LogConfig {
+            level,
+            summary_interval: (!summary.is_zero()).then_some(summary),
+        },
+        store: StoreConfig {
+            max_bytes: raw_store.max_bytes.bytes(),
+            full_policy: raw_store.full_policy,
+            durability: raw_store.durability,
+            flush_interval: raw_store.flush_interval.0,
+            commit_batch: raw_store.commit_batch,
+        },
+        mqtt_sources,
+        simulated_sources,
+        uplinks,
+        files: doc.file_paths().map(Path::to_path_buf).collect(),
+    })
+}
+
+fn batching(c: &mut Checker<'_>, path: &str, max_records: usize, linger: Duration) -> Batching {
+    c.range_usize(&join_key(path, "max_records"), max_records, 1, 100_000);
+    c.range_duration(
+        &join_key(path, "linger"),
+        linger,
+        Duration::ZERO,
+        Duration::from_secs(600),
+    );
+    Batching {
+        max_records,
+        linger,
+    }
+}
+
+fn backoff(
+    c: &mut Checker<'_>,
+    path: &str,
+    min_key: &str,
+    min: Duration,
+    max_key: &str,
+    max: Duration,
+) -> BackoffConfig {
+    c.range_duration(
+        &join_key(path, min_key),
+        min,
+        Duration::from_millis(10),
+        Duration::from_secs(3600),
+    );
+    c.range_duration(
+        &join_key(path, max_key),
+        max,
+        Duration::from_millis(10),
+        Duration::from_secs(86_400),
+    );
+    if min > max {
+        c.error(
+            &join_key(path, max_key),
+            format!("must not be below {min_key}"),
+        );
+    }
+    BackoffConfig { min, max }
+}
+
+fn mqtt_source(
+    c: &mut Checker<'_>,
+    path: &str,
+    raw: RawMqttSource,
+    gateway_id: &str,
+    names: &mut HashSet<String>,
+) -> MqttSourceConfig {
+    c.name(&join_key(path, "name"), &raw.name, names);
+    if raw.host.trim().is_empty() {
+        c.error(&join_key(path, "host"), "must not be empty");
+    }
+    if raw.port == Some(0) {
+        c.error(&join_key(path, "port"), "0 is not a usable port");
+    }
+    let client_id = raw
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("tidegate-{gateway_id}-{}", raw.name));
+    if client_id.is_empty() || client_id.len() > 65_535 {
+        c.error(
+            &join_key(path, "client_id"),
+            "must be 1 to 65535 bytes long",
+        );
+    }
+    let password = c.secret(&join_key(path, "password"), raw.password.as_ref());
+    if password.is_some() && raw.username.is_none() {
+        c.error(&join_key(path, "password"), "a password needs a username");
+    }
+    let tls = raw.tls.as_ref().map(|t| c.tls(&join_key(path, "tls"), t));
+    c.range_duration(
+        &join_key(path, "keep_alive"),
+        raw.keep_alive.0,
+        Duration::from_secs(5),
+        Duration::from_secs(65_535),
+    );
+    c.range_duration(
+        &join_key(path, "connect_timeout"),
+        raw.connect_timeout.0,
+        Duration::from_millis(100),
+        Duration::from_secs(300),
+    );
+    if raw.max_payload.bytes() == 0 || raw.max_payload.bytes() > (16 << 20) {
+        c.error(
+            &join_key(path, "max_payload"),
+            format!(
+                "{} is out of range: must be between 1B and 16MiB",
+                raw.max_payload
+            ),
+        );
+    }
+    if raw.inflight == 0 {
+        c.error(&join_key(path, "inflight"), "must be at least 1");
+    }
+    let reconnect = backoff(
+        c,
+        path,
+        "reconnect_min",
+        raw.reconnect_min.0,
+        "reconnect_max",
+        raw.reconnect_max.0,
+    );
+    if raw.subscriptions.is_empty() {
+        c.error(
+            &join_key(path, "subscriptions"),
+            "at least one subscription is needed",
+        );
+    }
+    let mut subscriptions = Vec::new();
+    for (i, sub) in raw.subscriptions.into_iter().enumerate() {
+        let sub_path = join_index(&join_key(path, "subscriptions"), i);
+        if let Err(e) = crate::sources::mqtt::topic::check_filter(&sub.filter) {
+            c.error(&join_key(&sub_path, "filter"), e);
+        }
+        if sub.qos > 1 {
+            c.error(
+                &join_key(&sub_path, "qos"),
+                format!(
+                    "{} is not supported: use 1 (or 0 for at-most-once)",
+                    sub.qos
+                ),
+            );
+        }
+        let template = match sub.topic_template.as_deref().map(TopicTemplate::parse) {
+            Some(Ok(t)) => Some(t),
+            Some(Err(e)) => {
+                c.error(&join_key(&sub_path, "topic_template"), e);
+                None
+            }
+            None => None,
+        };
+        if let (Some(t), Some(_)) = (&template, &sub.device_field)
+            && t.has_device()
+        {
+            c.error(
+                &join_key(&sub_path, "device_field"),
+                "the topic template already names the device ({device}): give one or the other",
+            );
+        }
+        if sub.timestamp_field.is_none() && sub.timestamp_format != TimestampFormat::Auto {
+            c.error(
+                &join_key(&sub_path, "timestamp_format"),
+                "needs timestamp_field",
+            );
+        }
+        subscriptions.push(SubscriptionConfig {
+            filter: sub.filter,
+            qos: sub.qos,
+            template,
+            device_field: sub.device_field,
+            timestamp_field: sub.timestamp_field,
+            timestamp_format: sub.timestamp_format,
+        });
+    }
+    MqttSourceConfig {
+        port: raw.port.unwrap_or(if tls.is_some() { 8883 } else { 1883 }),
+        name: raw.name,
+        host: raw.host,
+        client_id,
+        username: raw.username,
+        password,
+        tls,
+        keep_alive: raw.keep_alive.0,
+        connect_timeout: raw.connect_timeout.0,
+        max_payload: raw.max_payload.bytes() as usize,
+        reconnect,
+        inflight: raw.inflight,
+        subscriptions,
+    }
+}
+
+fn http_uplink(
+    c: &mut Checker<'_>,
+    path: &str,
+    raw: RawHttpUplink,
+    names: &mut HashSet<String>,
+) -> UplinkConfig {
+    c.name(&join_key(path, "name"), &raw.name, names);
+    let url_path = join_key(path, "url");
+    let url = match reqwest::Url::parse(&raw.url) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => url,
+        Ok(url) => {
+            c.error(
+                &url_path,
+                format!("\"{url}\" must be an http:// or https:// URL with a host"),
+            );
+            url
+        }
+        Err(e) => {
+            c.error(&url_path, format!("\"{}\" is not a URL: {e}", raw.url));
+            reqwest::Url::parse("http://invalid.invalid/").expect("constant URL parses")
+        }
+    };
+    let token = c.secret(&join_key(path, "token"), raw.token.as_ref());
+    let tls = c.tls(&join_key(path, "tls"), &raw.tls);
+    if url.scheme() == "http" && (tls.ca_file.is_some() || tls.client_cert_file.is_some()) {
+        c.error(&join_key(path, "tls"), "TLS settings need an https:// url");
+    }
+    let mut headers = Vec::new();
+    for (name, value) in &raw.headers {
+        let header_path = join_key(&join_key(path, "headers"), name);
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+            || reqwest::header::HeaderValue::from_str(value).is_err()
+        {
+            c.error(&header_path, "not a valid HTTP header");
+        } else if name.eq_ignore_ascii_case("authorization") {
+            c.error(
+                &header_path,
+                "put credentials in `token` (a secret reference), not in headers",
+            );
+        }
+        headers.push((name.clone(), value.clone()));
+    }
+    c.range_duration(
+        &join_key(path, "timeout"),
+        raw.timeout.0,
+        Duration::from_millis(100),
+        Duration::from_secs(600),
+    );
+    c.range_duration(
+        &join_key(path, "retry_after_max"),
+        raw.retry_after_max.0,
+        Duration::from_secs(1),
+        Duration::from_secs(86_400),
+    );
+    let backoff = backoff(
+        c,
+        path,
+        "backoff_min",
+        raw.backoff_min.0,
+        "backoff_max",
+        raw.backoff_max.0,
+    );
+    let batching = batching(c, path, raw.max_records, raw.linger.0);
+    UplinkConfig {
+        name: raw.name,
+        batching,
+        kind: UplinkKind::Http(HttpUplinkConfig {
+            url,
+            token,
+            tls,
+            headers,
+            timeout: raw.timeout.0,
+            gzip: raw.gzip,
+            backoff,
+            retry_after_max: raw.retry_after_max.0,
+        }),
+    }
+}

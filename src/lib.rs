@@ -1,0 +1,45 @@
+//! # tidegate
+//!
+//! An edge gateway daemon: it takes telemetry from field devices, keeps it in a durable
+//! store while the way out is closed, and forwards it in batches when the way opens.
+//!
+//! ```text
+//!  sources ──► Ingest (bounded channel) ──► store writer ──► sled store ──► uplinks
+//!  mqtt, sim     samples + commit callback    group commit     per-uplink     http, file,
+//!                                                                cursors        stdout
+//!                     ◄──── PUBACK after commit ───┘
+//! ```
+//!
+//! ## Layout
+//!
+//! - [`config`]: TOML files → validated [`config::Config`], every error with file, line
+//!   and key path. Never starts anything.
+//! - [`sample`]: the types every stage shares: `Sample`, `Value`, `Quality`, `Record`.
+//! - [`sources`]: field traffic → samples (MQTT subscriber, simulated plant).
+//! - [`store`]: the durable queue (sled): append, per-uplink cursors, acknowledgement,
+//!   eviction, dead letters; and the writer task that group-commits.
+//! - [`uplink`]: batches from the store to a destination (HTTPS, NDJSON file, stdout),
+//!   with retry, back-off and dead-lettering.
+//! - [`ops`]: logging, counters, the periodic summary.
+//! - [`app`]: wires it together and runs the ordered shutdown; [`cli`]: the commands.
+//!
+//! ## Delivery contract
+//!
+//! A sample is *accepted* when a source produces it, *committed* when the store holds it
+//! (flushed to disk before the source is acknowledged, in `fsync` mode), and *delivered*
+//! when an uplink's destination confirms it (HTTP 2xx). Every committed record is
+//! delivered at least once, in sequence order per uplink, unless evicted by the
+//! `drop_oldest` policy (counted) or rejected for good by the backend (kept as a dead
+//! letter, counted). MQTT messages are acknowledged to the broker only after commit.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod ops;
+pub mod sample;
+pub mod sources;
+pub mod store;
+pub mod tls;
+pub mod uplink;

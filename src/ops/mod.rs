@@ -1,0 +1,9 @@
+//! Running as a service: logging (journald or stderr), the counters every stage updates,
+//! the periodic summary line, and systemd notification. Owns no data path: a failure
+//! here never stops samples from flowing.
+
+pub mod logging;
+pub mod stats;
+pub mod summary;
+
+pub use stats::Stats;

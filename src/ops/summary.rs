@@ -1,0 +1,77 @@
+//! The periodic one-line summary: what a person on site reads to know the gateway is
+//! alive and keeping up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Stats;
+use crate::config::units::ByteSize;
+use crate::store::Store;
+
+pub async fn run(
+    interval: Duration,
+    stats: Arc<Stats>,
+    store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    let mut last_in = 0;
+    let mut last_tick = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let now = tokio::time::Instant::now();
+        let samples_in = Stats::get(&stats.samples_in);
+        let rate =
+            (samples_in - last_in) as f64 / now.duration_since(last_tick).as_secs_f64().max(1e-3);
+        last_in = samples_in;
+        last_tick = now;
+        log::info!("{}", line(&stats, &store, rate).await);
+    }
+}
+
+/// `summary: in 40.0 samples/s; committed 1200; buffer 12 records (3.4KiB); uplink cloud up
+/// delivered 1188 lag 12; decode errors 0; evicted 0`
+pub async fn line(stats: &Stats, store: &Arc<dyn Store>, rate: f64) -> String {
+    let store = store.clone();
+    let store_stats = tokio::task::spawn_blocking(move || store.stats()).await;
+    let mut text = format!(
+        "summary: in {rate:.1} samples/s; committed {}",
+        Stats::get(&stats.committed)
+    );
+    if let Ok(Ok(s)) = &store_stats {
+        text.push_str(&format!(
+            "; buffer {} records ({})",
+            s.records,
+            ByteSize(s.bytes)
+        ));
+        let uplinks = stats.uplinks();
+        for (name, _, lag) in &s.cursors {
+            let counters = uplinks.get(name).cloned().unwrap_or_default();
+            text.push_str(&format!(
+                "; uplink {name} {} delivered {} lag {lag}",
+                counters.state, counters.delivered
+            ));
+            if counters.dead_lettered > 0 {
+                text.push_str(&format!(" dead-lettered {}", counters.dead_lettered));
+            }
+        }
+        if s.corrupt_skipped > 0 {
+            text.push_str(&format!(
+                "; corrupt records quarantined {}",
+                s.corrupt_skipped
+            ));
+        }
+    }
+    text.push_str(&format!(
+        "; decode errors {}; evicted {}",
+        Stats::get(&stats.decode_errors),
+        Stats::get(&stats.evicted)
+    ));
+    text
+}

@@ -1,0 +1,160 @@
+//! The types every stage shares: a [`Sample`] is one device at one instant with many
+//! fields; a [`Record`] is a sample once the store has given it a sequence number.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// One field value. Integers stay integers (a 64-bit counter must not lose digits to a
+/// float); text and booleans are kept as they came.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Value {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl Value {
+    /// The value as a number, for models and scaling. Text has none.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Bool(b) => Some(f64::from(u8::from(*b))),
+            Value::Int(i) => Some(*i as f64),
+            Value::Float(f) => Some(*f),
+            Value::Text(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Bool(b) => write!(f, "{b}"),
+            Value::Int(i) => write!(f, "{i}"),
+            Value::Float(x) => write!(f, "{x}"),
+            Value::Text(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+/// Why a value (or a whole sample) is not trustworthy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Quality {
+    Good,
+    Bad { reason: BadReason, detail: String },
+}
+
+impl Quality {
+    pub fn is_good(&self) -> bool {
+        matches!(self, Quality::Good)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BadReason {
+    Timeout,
+    Exception,
+    Decode,
+    Disconnected,
+}
+
+fn is_good(q: &Quality) -> bool {
+    q.is_good()
+}
+
+/// The anomaly verdict the inference stage attaches to a sample.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Anomaly {
+    pub score: f64,
+    pub threshold: f64,
+    pub is_anomaly: bool,
+    pub model: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+}
+
+/// One device at one instant.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Name of the configured source that produced it.
+    pub source: String,
+    pub device: String,
+    /// Sample time, UTC milliseconds since the Unix epoch.
+    pub ts: i64,
+    pub fields: BTreeMap<String, Value>,
+    /// Quality of the sample as a whole.
+    #[serde(default = "good", skip_serializing_if = "is_good")]
+    pub quality: Quality,
+    /// Per-field quality, only for fields that are not good.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub field_quality: BTreeMap<String, Quality>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly: Option<Anomaly>,
+}
+
+fn good() -> Quality {
+    Quality::Good
+}
+
+impl Sample {
+    pub fn new(source: impl Into<String>, device: impl Into<String>, ts: i64) -> Self {
+        Sample {
+            source: source.into(),
+            device: device.into(),
+            ts,
+            fields: BTreeMap::new(),
+            quality: Quality::Good,
+            field_quality: BTreeMap::new(),
+            anomaly: None,
+        }
+    }
+}
+
+/// A committed sample: what the store keeps and the uplinks send.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Position in the store: strictly increasing, never reused.
+    pub seq: u64,
+    #[serde(flatten)]
+    pub sample: Sample,
+}
+
+/// Wall-clock time in UTC milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_json_keeps_every_field_and_type() {
+        let mut sample = Sample::new("mqtt", "pump-1", 1_700_000_000_123);
+        sample.fields.insert("flow".into(), Value::Float(12.5));
+        sample
+            .fields
+            .insert("count".into(), Value::Int(9_007_199_254_740_993));
+        sample.fields.insert("running".into(), Value::Bool(true));
+        sample
+            .fields
+            .insert("mode".into(), Value::Text("auto".into()));
+        let record = Record { seq: 7, sample };
+        let json = serde_json::to_string(&record).unwrap();
+        assert!(json.contains("\"count\":9007199254740993"), "{json}");
+        assert!(
+            !json.contains("quality"),
+            "good quality is implicit: {json}"
+        );
+        let back: Record = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, record);
+    }
+}

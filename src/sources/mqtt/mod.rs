@@ -1,0 +1,396 @@
+//! The MQTT source. One task owns the rumqttc event loop and never blocks on anything but
+//! the bounded channel to the store writer; a second task sends PUBACKs, in the order the
+//! writer commits, which is the order the messages arrived. A QoS 1 message is therefore
+//! acknowledged to the broker only once its samples are in the store: if tidegate dies
+//! in between, the broker (persistent session) delivers it again.
+//!
+//! Malformed payloads are counted per topic, logged rate-limited, and acknowledged (in
+//! order) so the broker does not redeliver them forever; the connection stays up.
+
+pub mod decode;
+pub mod topic;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, Publish, QoS, SubscribeFilter,
+    SubscribeReasonCode, TlsConfiguration, Transport,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::MqttSourceConfig;
+use crate::ops::Stats;
+use crate::sample::now_ms;
+use crate::store::writer::Ingest;
+use crate::uplink::backoff::Backoff;
+
+/// Largest packet accepted from the broker. Payloads above `max_payload` but below this
+/// are counted and skipped; a larger packet breaks the connection (rumqttc refuses it),
+/// so set the broker's `max_packet_size` at or below this.
+pub const MAX_PACKET: usize = 16 << 20 | 64 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MqttSourceError {
+    #[error("source {name}: TLS setup: {source}")]
+    Tls {
+        name: String,
+        source: crate::tls::TlsError,
+    },
+}
+
+/// What the PUBACK task needs to acknowledge one message.
+struct AckToken {
+    pkid: u16,
+    qos: QoS,
+}
+
+pub struct MqttSource {
+    config: MqttSourceConfig,
+    options: MqttOptions,
+}
+
+impl MqttSource {
+    pub fn new(config: MqttSourceConfig) -> Result<Self, MqttSourceError> {
+        let mut options =
+            MqttOptions::new(config.client_id.clone(), config.host.clone(), config.port);
+        options
+            .set_keep_alive(config.keep_alive)
+            .set_clean_session(false)
+            .set_manual_acks(true)
+            .set_max_packet_size(MAX_PACKET, 1 << 20)
+            .set_request_channel_capacity(usize::from(config.inflight).max(16) * 2)
+            .set_inflight(config.inflight);
+        if let (Some(user), Some(password)) = (&config.username, &config.password) {
+            options.set_credentials(user.clone(), password.expose().to_string());
+        } else if let Some(user) = &config.username {
+            options.set_credentials(user.clone(), String::new());
+        }
+        if let Some(tls) = &config.tls {
+            let client_config =
+                crate::tls::client_config(tls).map_err(|source| MqttSourceError::Tls {
+                    name: config.name.clone(),
+                    source,
+                })?;
+            options.set_transport(Transport::Tls(TlsConfiguration::Rustls(client_config)));
+        }
+        Ok(MqttSource { config, options })
+    }
+
+    /// Runs until `shutdown`. Messages not yet committed at shutdown are not acknowledged,
+    /// so the broker keeps them for the next start.
+    pub async fn run(
+        self,
+        tx: mpsc::Sender<Ingest>,
+        stats: Arc<Stats>,
+        shutdown: CancellationToken,
+    ) {
+        let MqttSource { config, options } = self;
+        let name = config.name.clone();
+        let (client, mut eventloop) =
+            AsyncClient::new(options, usize::from(config.inflight).max(16) * 2);
+        let mut network = eventloop.network_options();
+        network.set_connection_timeout(config.connect_timeout.as_secs().max(1));
+        eventloop.set_network_options(network);
+
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel::<AckToken>();
+        let ack_task = tokio::spawn(send_acks(client.clone(), ack_rx, name.clone()));
+
+        let filters: Vec<SubscribeFilter> = config
+            .subscriptions
+            .iter()
+            .map(|s| {
+                SubscribeFilter::new(
+                    s.filter.clone(),
+                    if s.qos == 0 {
+                        QoS::AtMostOnce
+                    } else {
+                        QoS::AtLeastOnce
+                    },
+                )
+            })
+            .collect();
+        let mut backoff = Backoff::new(config.reconnect.min, config.reconnect.max);
+        let mut connected = false;
+        let mut failures_while_down = 0u64;
+        let mut error_log = RateLimit::new(Duration::from_secs(30));
+
+        loop {
+            let event = tokio::select! {
+                event = eventloop.poll() => event,
+                _ = shutdown.cancelled() => break,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    if ack.code != ConnectReturnCode::Success {
+                        log::error!(
+                            "source {name}: broker refused the connection: {:?}",
+                            ack.code
+                        );
+                        continue;
+                    }
+                    log::info!(
+                        "source {name}: connected to {}:{} (session {})",
+                        config.host,
+                        config.port,
+                        if ack.session_present {
+                            "resumed"
+                        } else {
+                            "new"
+                        }
+                    );
+                    connected = true;
+                    failures_while_down = 0;
+                    backoff.reset();
+                    // Subscribing through the request channel from this task could wait on
+                    // the very loop it would block; hand it to a task of its own.
+                    let client = client.clone();
+                    let filters = filters.clone();
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(10),
+                            client.subscribe_many(filters),
+                        )
+                        .await;
+                    });
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    for (code, filter) in ack.return_codes.iter().zip(&config.subscriptions) {
+                        if matches!(code, SubscribeReasonCode::Failure) {
+                            log::error!(
+                                "source {name}: broker refused the subscription to {}",
+                                filter.filter
+                            );
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    if !handle_publish(
+                        &config,
+                        publish,
+                        &tx,
+                        &ack_tx,
+                        &stats,
+                        &mut error_log,
+                        &shutdown,
+                    )
+                    .await
+                    {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    failures_while_down += 1;
+                    if connected {
+                        log::warn!(
+                            "source {name}: connection lost: {e}; reconnecting with back-off"
+                        );
+                        connected = false;
+                    } else if failures_while_down == 1 || failures_while_down.is_power_of_two() {
+                        log::warn!(
+                            "source {name}: cannot connect to {}:{} ({e}); attempt {failures_while_down}, retrying with back-off",
+                            config.host,
+                            config.port
+                        );
+                    }
+                    let delay = backoff.next_delay();
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            }
+        }
+
+        // Drop our sender: once the writer has committed what it holds, the ack channel
+        // closes. Keep polling meanwhile so the last PUBACKs reach the broker.
+        drop(tx);
+        drop(ack_tx);
+        let deadline = tokio::time::sleep(Duration::from_secs(3));
+        tokio::pin!(deadline);
+        let mut ack_task = ack_task;
+        if connected {
+            loop {
+                tokio::select! {
+                    _ = &mut ack_task => break,
+                    _ = &mut deadline => break,
+                    event = eventloop.poll() => if event.is_err() { break },
+                }
+            }
+            let _ = client.try_disconnect();
+            let flush = tokio::time::timeout(Duration::from_millis(500), async {
+                while let Ok(event) = eventloop.poll().await {
+                    if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                        break;
+                    }
+                }
+            });
+            let _ = flush.await;
+        }
+        ack_task.abort();
+        log::info!("source {name}: stopped");
+    }
+}
+
+/// Decodes one message and passes it to the writer. Returns false when shutdown came
+/// while waiting for room in the channel.
+async fn handle_publish(
+    config: &MqttSourceConfig,
+    publish: Publish,
+    tx: &mpsc::Sender<Ingest>,
+    ack_tx: &mpsc::UnboundedSender<AckToken>,
+    stats: &Stats,
+    error_log: &mut RateLimit,
+    shutdown: &CancellationToken,
+) -> bool {
+    Stats::add(&stats.messages_in, 1);
+    let topic = publish.topic.clone();
+    let sub = config
+        .subscriptions
+        .iter()
+        .find(|s| topic_matches(&s.filter, &topic))
+        .or(config.subscriptions.first());
+    let samples = match sub {
+        Some(sub) => decode::decode(
+            &config.name,
+            &topic,
+            &publish.payload,
+            now_ms(),
+            sub,
+            config.max_payload,
+        ),
+        None => Ok(Vec::new()),
+    };
+    let samples = match samples {
+        Ok(samples) => samples,
+        Err(e) => {
+            stats.decode_error(&topic);
+            if let Some(suppressed) = error_log.allow() {
+                log::warn!(
+                    "source {}: skipped a malformed message on {topic}: {e}{}",
+                    config.name,
+                    if suppressed > 0 {
+                        format!(" ({suppressed} more since the last report)")
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            Vec::new()
+        }
+    };
+    Stats::add(&stats.samples_in, samples.len() as u64);
+    let on_commit: Option<crate::store::writer::OnCommit> = if publish.qos == QoS::AtMostOnce {
+        None
+    } else {
+        let token = AckToken {
+            pkid: publish.pkid,
+            qos: publish.qos,
+        };
+        let ack_tx = ack_tx.clone();
+        Some(Box::new(move || {
+            let _ = ack_tx.send(token);
+        }))
+    };
+    // Even a skipped message goes through the writer: its PUBACK must keep its place in
+    // the receive order.
+    let ingest = Ingest { samples, on_commit };
+    tokio::select! {
+        sent = tx.send(ingest) => sent.is_ok(),
+        _ = shutdown.cancelled() => false,
+    }
+}
+
+async fn send_acks(client: AsyncClient, mut rx: mpsc::UnboundedReceiver<AckToken>, name: String) {
+    while let Some(token) = rx.recv().await {
+        let mut publish = Publish::new("", token.qos, Vec::<u8>::new());
+        publish.pkid = token.pkid;
+        if let Err(e) = client.ack(&publish).await {
+            // The event loop is gone; the broker will redeliver what was not acknowledged.
+            log::debug!(
+                "source {name}: cannot acknowledge message {}: {e}",
+                token.pkid
+            );
+            return;
+        }
+    }
+}
+
+/// MQTT topic filter matching (`+` one level, `#` the rest).
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    let mut topic_levels = topic.split('/');
+    for level in filter.split('/') {
+        match level {
+            "#" => return true,
+            "+" => {
+                if topic_levels.next().is_none() {
+                    return false;
+                }
+            }
+            literal => {
+                if topic_levels.next() != Some(literal) {
+                    return false;
+                }
+            }
+        }
+    }
+    topic_levels.next().is_none()
+}
+
+/// At most one log line per period; reports how many were suppressed in between.
+pub struct RateLimit {
+    period: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    pub fn new(period: Duration) -> Self {
+        RateLimit {
+            period,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(suppressed since last time)` when a line may be logged now.
+    pub fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        match self.last {
+            Some(last) if now.duration_since(last) < self.period => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_match_like_the_broker() {
+        assert!(topic_matches("plant/+/+/telemetry", "plant/a/b/telemetry"));
+        assert!(!topic_matches("plant/+/+/telemetry", "plant/a/telemetry"));
+        assert!(topic_matches("plant/#", "plant/a/b"));
+        assert!(topic_matches("#", "x"));
+        assert!(!topic_matches("a/b", "a/b/c"));
+    }
+
+    #[test]
+    fn rate_limit_counts_what_it_suppresses() {
+        let mut limit = RateLimit::new(Duration::from_secs(3600));
+        assert_eq!(limit.allow(), Some(0));
+        assert_eq!(limit.allow(), None);
+        assert_eq!(limit.allow(), None);
+        limit.last = Some(Instant::now() - Duration::from_secs(7200));
+        assert_eq!(limit.allow(), Some(2));
+    }
+}

@@ -1,0 +1,153 @@
+//! The one task that appends to the store. Sources send [`Ingest`] items through a
+//! bounded channel; the writer takes everything waiting (up to the commit batch), appends
+//! it with a single flush (group commit), and only then runs each item's commit callback
+//! — in arrival order, which is how an MQTT source acknowledges messages in receive
+//! order, after they are safe.
+//!
+//! When the store refuses (full under the `block` policy, disk full, I/O error) the
+//! writer holds the batch and retries: the channel fills, and the sources feel the
+//! back-pressure instead of data being dropped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use super::{Store, StoreError};
+use crate::config::Durability;
+use crate::ops::Stats;
+use crate::sample::Sample;
+
+/// Runs once the samples it came with are committed (for MQTT: send the PUBACK).
+pub type OnCommit = Box<dyn FnOnce() + Send>;
+
+/// Samples from one source event (one MQTT message, one poll), committed together.
+pub struct Ingest {
+    pub samples: Vec<Sample>,
+    pub on_commit: Option<OnCommit>,
+}
+
+impl Ingest {
+    pub fn new(samples: Vec<Sample>) -> Self {
+        Ingest {
+            samples,
+            on_commit: None,
+        }
+    }
+}
+
+pub struct WriterSettings {
+    pub durability: Durability,
+    pub flush_interval: Duration,
+    pub commit_batch: usize,
+}
+
+/// Runs until every sender is dropped and the channel is drained, then flushes. It is
+/// stopped by stopping the sources, never cut off: that is what makes shutdown lossless.
+pub async fn run(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<Ingest>,
+    settings: WriterSettings,
+    committed_seq: watch::Sender<u64>,
+    stats: Arc<Stats>,
+) {
+    let durable = settings.durability == Durability::Fsync;
+    let mut flush_timer = tokio::time::interval(settings.flush_interval);
+    flush_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unflushed = false;
+    let mut pending: Vec<Ingest> = Vec::new();
+    loop {
+        if pending.is_empty() {
+            tokio::select! {
+                item = rx.recv() => match item {
+                    Some(item) => pending.push(item),
+                    None => break,
+                },
+                _ = flush_timer.tick(), if !durable && unflushed => {
+                    if flush(&store).await.is_ok() {
+                        unflushed = false;
+                    }
+                    continue;
+                }
+            }
+        }
+        let mut count: usize = pending.iter().map(|i| i.samples.len()).sum();
+        while count < settings.commit_batch {
+            match rx.try_recv() {
+                Ok(item) => {
+                    count += item.samples.len();
+                    pending.push(item);
+                }
+                Err(_) => break,
+            }
+        }
+        let samples: Vec<Sample> = pending
+            .iter()
+            .flat_map(|i| i.samples.iter().cloned())
+            .collect();
+        let result = if samples.is_empty() {
+            Ok(None)
+        } else {
+            let store = store.clone();
+            match tokio::task::spawn_blocking(move || store.append(&samples, durable)).await {
+                Ok(result) => result.map(Some),
+                Err(join_error) => {
+                    log::error!("store writer: append panicked: {join_error}");
+                    Err(StoreError::Io(sled::Error::Unsupported(
+                        "append panicked".into(),
+                    )))
+                }
+            }
+        };
+        match result {
+            Ok(appended) => {
+                if let Some(appended) = appended {
+                    Stats::add(&stats.committed, appended.last_seq + 1 - appended.first_seq);
+                    if appended.evicted > 0 {
+                        Stats::add(&stats.evicted, appended.evicted);
+                        log::warn!(
+                            "store full: evicted the {} oldest records to make room (drop_oldest policy)",
+                            appended.evicted
+                        );
+                    }
+                    committed_seq.send_replace(appended.last_seq);
+                    unflushed = !durable;
+                }
+                for item in pending.drain(..) {
+                    if let Some(on_commit) = item.on_commit {
+                        on_commit();
+                    }
+                }
+            }
+            Err(StoreError::Full { used, max }) => {
+                log::warn!(
+                    "store full ({used} of {max} bytes, block policy): holding {count} samples until uplinks catch up"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => {
+                Stats::add(&stats.store_errors, 1);
+                log::error!("store commit failed, holding {count} samples and retrying: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    if let Err(e) = flush(&store).await {
+        log::error!("store: final flush failed: {e}");
+    }
+}
+
+async fn flush(store: &Arc<dyn Store>) -> Result<(), StoreError> {
+    let store = store.clone();
+    let result = tokio::task::spawn_blocking(move || store.flush())
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Io(sled::Error::Unsupported(
+                "flush panicked".into(),
+            )))
+        });
+    if let Err(e) = &result {
+        log::error!("store flush failed: {e}");
+    }
+    result
+}
