@@ -92,7 +92,7 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
             .push(MqttSource::new(source.clone()).map_err(|e| AppError::Setup(e.to_string()))?);
     }
     let (committed_tx, committed_rx) = watch::channel(backlog.last_seq);
-    let uplink_shutdown = CancellationToken::new();
+    let uplink_signals = uplink::StopSignals::default();
     let mut uplink_tasks: Vec<JoinHandle<()>> = Vec::new();
     for u in &config.uplinks {
         let (backoff_min, backoff_max, retry_after_max) = match &u.kind {
@@ -114,7 +114,7 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
             store.clone(),
             committed_rx.clone(),
             stats.clone(),
-            uplink_shutdown.clone(),
+            uplink_signals.clone(),
         );
         let task = match &u.kind {
             UplinkKind::Http(h) => {
@@ -208,10 +208,18 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
             "the store writer did not finish within {WRITER_DRAIN_GRACE:?}; unacknowledged MQTT messages stay with the broker"
         ),
     }
-    uplink_shutdown.cancel();
+    // Give the uplinks a moment to send what was just committed; whatever they cannot
+    // send in time stays in the store for the next start.
+    uplink_signals.drain.cancel();
+    let stopper = uplink_signals.stop.clone();
+    let hard_stop = tokio::spawn(async move {
+        tokio::time::sleep(UPLINK_STOP_GRACE).await;
+        stopper.cancel();
+    });
     for task in uplink_tasks {
-        let _ = tokio::time::timeout(UPLINK_STOP_GRACE, task).await;
+        let _ = task.await;
     }
+    hard_stop.abort();
     summary_shutdown.cancel();
     if let Some(task) = summary_task {
         let _ = task.await;

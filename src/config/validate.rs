@@ -58,36 +58,46 @@ impl Checker<'_> {
         self.errors.push(d);
     }
 
-    /// Deserialises one section, reporting a failure with its full key path.
+    /// Deserialises one section, reporting a failure with its full key path. serde stops
+    /// at the first error; to report more than one per section, the offending key is
+    /// taken out and the section tried again, until it parses or an error cannot be
+    /// attributed to a removable key.
     fn section<T: DeserializeOwned>(&mut self, value: &Value, prefix: &str) -> Option<T> {
-        match serde_path_to_error::deserialize::<_, T>(value.clone()) {
-            Ok(parsed) => Some(parsed),
-            Err(err) => {
-                let mut path = prefix.to_string();
-                for segment in err.path().iter() {
-                    match segment {
-                        serde_path_to_error::Segment::Seq { index } => {
-                            path = join_index(&path, *index)
-                        }
-                        serde_path_to_error::Segment::Map { key } => path = join_key(&path, key),
-                        serde_path_to_error::Segment::Enum { variant } => {
-                            path = join_key(&path, variant)
-                        }
-                        serde_path_to_error::Segment::Unknown => {}
+        let mut value = value.clone();
+        let mut removed: Vec<String> = Vec::new();
+        for _ in 0..64 {
+            let err = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+                // Even after errors, the rest of the section is checked: defaults stand in
+                // for what was taken out, and they are valid by construction.
+                Ok(parsed) => return Some(parsed),
+                Err(err) => err,
+            };
+            let segments: Vec<serde_path_to_error::Segment> = err.path().iter().cloned().collect();
+            let mut path = prefix.to_string();
+            for segment in &segments {
+                match segment {
+                    serde_path_to_error::Segment::Seq { index } => path = join_index(&path, *index),
+                    serde_path_to_error::Segment::Map { key } => path = join_key(&path, key),
+                    serde_path_to_error::Segment::Enum { variant } => {
+                        path = join_key(&path, variant)
                     }
+                    serde_path_to_error::Segment::Unknown => {}
                 }
-                let message = err.into_inner().message().to_string();
-                // serde reports an unknown field at its parent; point at the key itself.
-                if let Some(field) = unknown_field_name(&message) {
-                    let field_path = join_key(&path, field);
-                    if self.doc.locate(&field_path).is_some() {
-                        path = field_path;
-                    }
-                }
-                self.error(&path, message);
-                None
             }
+            let message = plain_type_names(err.into_inner().message());
+            // A "missing field" that we caused by taking out a bad value is not news.
+            if let Some(field) = missing_field_name(&message)
+                && removed.contains(&join_key(&path, field))
+            {
+                return None;
+            }
+            self.error(&path, message);
+            if !remove_at(&mut value, &segments) {
+                return None;
+            }
+            removed.push(path);
         }
+        None
     }
 
     fn table_keys(&mut self, value: &Value, prefix: &str, allowed: &[&str]) {
@@ -150,8 +160,28 @@ impl Checker<'_> {
         }
     }
 
+    /// Relative paths are taken from the directory of the file that wrote them, not from
+    /// wherever the daemon happens to be started.
+    fn resolve(&self, key_path: &str, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            return path.to_path_buf();
+        }
+        match self
+            .doc
+            .locate(key_path)
+            .and_then(|l| l.file.parent().map(Path::to_path_buf))
+        {
+            Some(dir) => dir.join(path),
+            None => path.to_path_buf(),
+        }
+    }
+
     fn secret(&mut self, path: &str, reference: Option<&SecretRef>) -> Option<Secret> {
-        let reference = reference?;
+        let mut reference = reference?.clone();
+        if let Some(file) = &reference.file {
+            reference.file = Some(self.resolve(path, file));
+        }
+        let reference = &reference;
         if let Err(e) = secret::check_ref(reference) {
             self.error(path, e);
             return None;
@@ -166,6 +196,14 @@ impl Checker<'_> {
     }
 
     fn tls(&mut self, path: &str, raw: &RawTls) -> TlsConfig {
+        let resolve = |key: &str, file: &Option<PathBuf>| {
+            file.as_ref().map(|f| self.resolve(&join_key(path, key), f))
+        };
+        let raw = &RawTls {
+            ca_file: resolve("ca_file", &raw.ca_file),
+            client_cert_file: resolve("client_cert_file", &raw.client_cert_file),
+            client_key_file: resolve("client_key_file", &raw.client_key_file),
+        };
         for (key, file) in [
             ("ca_file", &raw.ca_file),
             ("client_cert_file", &raw.client_cert_file),
@@ -206,9 +244,50 @@ impl Checker<'_> {
     }
 }
 
-fn unknown_field_name(message: &str) -> Option<&str> {
-    let rest = message.strip_prefix("unknown field `")?;
+/// serde names our Rust types ("expected struct RawStore"); the operator wrote a table.
+fn plain_type_names(message: &str) -> String {
+    match message.find("expected struct ") {
+        Some(start) => {
+            let rest = &message[start + "expected struct ".len()..];
+            let end = rest
+                .find(|c: char| !c.is_alphanumeric())
+                .unwrap_or(rest.len());
+            format!("{}expected a table{}", &message[..start], &rest[end..])
+        }
+        None => message.to_string(),
+    }
+}
+
+fn missing_field_name(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("missing field `")?;
     rest.split('`').next()
+}
+
+/// Removes the value at `segments` (relative to `value`). False if there is none.
+fn remove_at(value: &mut Value, segments: &[serde_path_to_error::Segment]) -> bool {
+    use serde_path_to_error::Segment;
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut current = value;
+    for segment in parents {
+        current = match (segment, current) {
+            (Segment::Map { key }, Value::Table(t)) => match t.get_mut(key) {
+                Some(v) => v,
+                None => return false,
+            },
+            (Segment::Seq { index }, Value::Array(a)) => match a.get_mut(*index) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (last, current) {
+        (Segment::Map { key }, Value::Table(t)) => t.remove(key).is_some(),
+        // Removing an array element would shift the indices of later errors.
+        _ => false,
+    }
 }
 
 /// Validates the merged document. Returns every problem found, not just the first.
@@ -341,13 +420,14 @@ pub fn validate(doc: &ConfigDocument, env: &dyn Environment) -> Result<Config, V
                 if let Some(raw) = c.section::<RawFileUplink>(item, &path) {
                     c.name(&join_key(&path, "name"), &raw.name, &mut uplink_names);
                     let batching = batching(&mut c, &path, raw.max_records, raw.linger.0);
+                    let file_path = c.resolve(&join_key(&path, "path"), &raw.path);
                     if raw.path.as_os_str().is_empty() {
                         c.error(&join_key(&path, "path"), "must not be empty");
                     }
                     uplinks.push(UplinkConfig {
                         name: raw.name,
                         batching,
-                        kind: UplinkKind::File { path: raw.path },
+                        kind: UplinkKind::File { path: file_path },
                     });
                 }
             }
@@ -384,7 +464,21 @@ pub fn validate(doc: &ConfigDocument, env: &dyn Environment) -> Result<Config, V
     }
 
     if !c.errors.is_empty() {
-        return Err(c.errors);
+        // In reading order: files in merge order, then line and column.
+        let order: Vec<&Path> = doc.file_paths().collect();
+        let mut errors = c.errors;
+        errors.sort_by_key(|d| match &d.location {
+            Some(l) => (
+                order
+                    .iter()
+                    .position(|p| *p == l.file.as_path())
+                    .unwrap_or(usize::MAX),
+                l.line,
+                l.column,
+            ),
+            None => (usize::MAX, 0, 0),
+        });
+        return Err(errors);
     }
     Ok(Config {
         gateway: GatewayConfig {

@@ -52,17 +52,27 @@ pub struct UplinkSettings {
     pub retry_after_max: Duration,
 }
 
-/// Delivers from the store until shutdown. A batch is retried unchanged (same records,
-/// same idempotency key) until it is delivered or set aside; an upload in flight at
-/// shutdown is abandoned and stays in the store.
+/// When an uplink stops. `drain` asks it to send what is pending without waiting for the
+/// linger and to stop once nothing is left; `stop` ends it at once (an upload in flight
+/// is abandoned and stays in the store).
+#[derive(Clone, Default)]
+pub struct StopSignals {
+    pub drain: CancellationToken,
+    pub stop: CancellationToken,
+}
+
+/// Delivers from the store until stopped. A batch is retried unchanged (same records,
+/// same idempotency key) until it is delivered or set aside.
 pub async fn run<S: Sink>(
     mut sink: S,
     settings: UplinkSettings,
     store: Arc<dyn Store>,
     mut committed: watch::Receiver<u64>,
     stats: Arc<Stats>,
-    shutdown: CancellationToken,
+    signals: StopSignals,
 ) {
+    let shutdown = signals.stop;
+    let drain = signals.drain;
     let name = settings.name.clone();
     let mut backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
     let mut max_records = settings.batching.max_records;
@@ -91,19 +101,25 @@ pub async fn run<S: Sink>(
                     }
                 };
                 if pending == 0 {
+                    if drain.is_cancelled() {
+                        break;
+                    }
                     waiting_since = None;
                     tokio::select! {
                         _ = committed.changed() => {}
+                        _ = drain.cancelled() => {}
                         _ = shutdown.cancelled() => break,
                     }
                     continue;
                 }
                 let since = *waiting_since.get_or_insert_with(Instant::now);
                 let due = since + settings.batching.linger;
-                if (pending as usize) < max_records && Instant::now() < due {
+                if (pending as usize) < max_records && Instant::now() < due && !drain.is_cancelled()
+                {
                     tokio::select! {
                         _ = tokio::time::sleep_until(due) => {}
                         _ = committed.changed() => {}
+                        _ = drain.cancelled() => {}
                         _ = shutdown.cancelled() => break,
                     }
                     continue;
