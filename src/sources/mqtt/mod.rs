@@ -162,6 +162,8 @@ impl MqttSource {
                                 "source {name}: broker refused the subscription to {}",
                                 filter.filter
                             );
+                        } else {
+                            log::info!("source {name}: subscribed to {}", filter.filter);
                         }
                     }
                 }

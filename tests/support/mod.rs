@@ -1,0 +1,429 @@
+//! Real parts for the integration tests, all on 127.0.0.1: a mosquitto broker, an HTTP
+//! backend with scripted answers, an MQTT publisher, and the tidegate binary as a child
+//! process. Every wait is bounded.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub async fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// mosquitto
+
+pub struct Mosquitto {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    pub fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        // max_queued_messages 0: no limit, so nothing queued for a stopped gateway's
+        // persistent session is dropped by the broker during a test.
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 max_queued_messages 0\nmax_inflight_messages 20\nuser root\nlog_dest stderr\nlog_type error\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new(mosquitto_binary())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed (apt-get install mosquitto); .ci/run installs it");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "mosquitto did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mosquitto {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+fn mosquitto_binary() -> PathBuf {
+    for candidate in [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ] {
+        if Path::new(candidate).exists() {
+            return PathBuf::from(candidate);
+        }
+    }
+    PathBuf::from("mosquitto")
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real MQTT client publishing at QoS 1 and waiting for the broker's PUBACKs.
+pub struct Publisher {
+    client: rumqttc::AsyncClient,
+    acked: Arc<Mutex<usize>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Publisher {
+    pub async fn connect(port: u16, id: &str) -> Publisher {
+        let mut options = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+        options.set_keep_alive(Duration::from_secs(10));
+        options.set_max_packet_size(1 << 21, 1 << 21);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 1000);
+        let acked = Arc::new(Mutex::new(0));
+        let counter = acked.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                        *counter.lock().unwrap() += 1
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        Publisher {
+            client,
+            acked,
+            task,
+        }
+    }
+
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, false, payload.into())
+            .await
+            .unwrap();
+    }
+
+    /// Waits until the broker has acknowledged `n` publishes in all.
+    pub async fn wait_acked(&self, n: usize) {
+        let acked = self.acked.clone();
+        wait_until("broker PUBACKs", Duration::from_secs(30), || {
+            *acked.lock().unwrap() >= n
+        })
+        .await;
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP backend
+
+#[derive(Clone, Debug)]
+pub struct ReceivedBatch {
+    pub status: u16,
+    pub idempotency_key: Option<String>,
+    pub content_encoding: Option<String>,
+    pub authorization: Option<String>,
+    pub body: serde_json::Value,
+}
+
+impl ReceivedBatch {
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        self.body["records"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// Decides the status of each request from its 0-based index.
+pub type Script = Box<dyn Fn(usize) -> u16 + Send + Sync>;
+
+pub struct Backend {
+    pub url: String,
+    requests: Arc<Mutex<Vec<ReceivedBatch>>>,
+    script: Arc<Mutex<Script>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Backend {
+    pub async fn start(script: Script) -> Backend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/ingest", listener.local_addr().unwrap());
+        let requests: Arc<Mutex<Vec<ReceivedBatch>>> = Arc::default();
+        let script = Arc::new(Mutex::new(script));
+        let (reqs, scr) = (requests.clone(), script.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (reqs, scr) = (reqs.clone(), scr.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let (reqs, scr) = (reqs.clone(), scr.clone());
+                        async move {
+                            let header = |name: &str| {
+                                req.headers()
+                                    .get(name)
+                                    .and_then(|v| v.to_str().ok())
+                                    .map(str::to_string)
+                            };
+                            let idempotency_key = header("idempotency-key");
+                            let content_encoding = header("content-encoding");
+                            let authorization = header("authorization");
+                            let raw = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let json = if content_encoding.as_deref() == Some("gzip") {
+                                let mut text = String::new();
+                                flate2::read::GzDecoder::new(&raw[..])
+                                    .read_to_string(&mut text)
+                                    .unwrap();
+                                text
+                            } else {
+                                String::from_utf8_lossy(&raw).into_owned()
+                            };
+                            let body: serde_json::Value =
+                                serde_json::from_str(&json).unwrap_or(serde_json::Value::Null);
+                            let mut all = reqs.lock().unwrap();
+                            let status = (scr.lock().unwrap())(all.len());
+                            all.push(ReceivedBatch {
+                                status,
+                                idempotency_key,
+                                content_encoding,
+                                authorization,
+                                body,
+                            });
+                            drop(all);
+                            Ok::<_, std::convert::Infallible>(
+                                Response::builder()
+                                    .status(status)
+                                    .body(Full::new(Bytes::from_static(b"")))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Backend {
+            url,
+            requests,
+            script,
+            task,
+        }
+    }
+
+    pub fn set_script(&self, script: Script) {
+        *self.script.lock().unwrap() = script;
+    }
+
+    pub fn requests(&self) -> Vec<ReceivedBatch> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// Records of the batches answered 2xx, in arrival order.
+    pub fn delivered(&self) -> Vec<serde_json::Value> {
+        self.requests()
+            .iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .flat_map(|r| r.records())
+            .collect()
+    }
+
+    /// Distinct records delivered, by (device, payload field `n`).
+    pub fn delivered_count(&self) -> usize {
+        distinct(&self.delivered())
+    }
+}
+
+pub fn distinct(records: &[serde_json::Value]) -> usize {
+    records
+        .iter()
+        .map(|r| (r["device"].to_string(), r["fields"]["n"].to_string()))
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The daemon
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(config: &Path, log: &Path) -> Daemon {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tidegate"))
+            .args(["run", "-c"])
+            .arg(config)
+            .env("TIDEGATE_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        Daemon {
+            child: Some(child),
+            config: config.to_path_buf(),
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!("tidegate did not exit within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => child.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A config for one MQTT source on `mqtt_port` and one HTTP uplink to `url`.
+pub fn write_config(dir: &Path, mqtt_port: u16, url: &str, extra: &str) -> PathBuf {
+    let path = dir.join("tidegate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[gateway]
+id = "gw-test"
+state_dir = "{state}"
+
+[log]
+summary_interval = "1s"
+
+[[sources.mqtt]]
+name = "local"
+port = {mqtt_port}
+client_id = "tidegate-test-{mqtt_port}"
+reconnect_min = "50ms"
+reconnect_max = "500ms"
+
+[[sources.mqtt.subscriptions]]
+filter = "plant/+/+/telemetry"
+topic_template = "plant/{{line}}/{{device}}/telemetry"
+timestamp_field = "ts"
+
+[[uplinks.http]]
+name = "cloud"
+url = "{url}"
+max_records = 50
+linger = "100ms"
+backoff_min = "50ms"
+backoff_max = "300ms"
+timeout = "5s"
+{extra}
+"#,
+            state = dir.join("state").display(),
+        ),
+    )
+    .unwrap();
+    path
+}
