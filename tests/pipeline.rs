@@ -13,7 +13,7 @@ fn telemetry(n: usize, device: &str) -> String {
         "ts": 1_790_000_000_000i64 + n as i64,
         "n": n,
         "flow": 10.5 + n as f64,
-        "running": n % 2 == 0,
+        "running": n.is_multiple_of(2),
         "mode": "auto",
         "motor": { "rpm": 1480, "temp": { "c": 61.25 } },
         "serial": format!("{device}-sn"),

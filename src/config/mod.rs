@@ -155,7 +155,7 @@ pub struct UplinkConfig {
 
 #[derive(Clone, Debug)]
 pub enum UplinkKind {
-    Http(HttpUplinkConfig),
+    Http(Box<HttpUplinkConfig>),
     File { path: PathBuf },
     Stdout { format: StdoutFormat },
 }

@@ -742,7 +742,7 @@ fn http_uplink(
     UplinkConfig {
         name: raw.name,
         batching,
-        kind: UplinkKind::Http(HttpUplinkConfig {
+        kind: UplinkKind::Http(Box::new(HttpUplinkConfig {
             url,
             token,
             tls,
@@ -751,6 +751,6 @@ fn http_uplink(
             gzip: raw.gzip,
             backoff,
             retry_after_max: raw.retry_after_max.0,
-        }),
+        })),
     }
 }
