@@ -186,82 +186,135 @@ pub struct Backend {
     pub url: String,
     requests: Arc<Mutex<Vec<ReceivedBatch>>>,
     script: Arc<Mutex<Script>>,
+    retry_after: Arc<Mutex<Option<String>>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct BackendState {
+    requests: Arc<Mutex<Vec<ReceivedBatch>>>,
+    script: Arc<Mutex<Script>>,
+    retry_after: Arc<Mutex<Option<String>>>,
+}
+
+impl BackendState {
+    async fn answer(
+        self,
+        req: Request<hyper::body::Incoming>,
+    ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let idempotency_key = header("idempotency-key");
+        let content_encoding = header("content-encoding");
+        let authorization = header("authorization");
+        let raw = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let json = if content_encoding.as_deref() == Some("gzip") {
+            let mut text = String::new();
+            flate2::read::GzDecoder::new(&raw[..])
+                .read_to_string(&mut text)
+                .unwrap();
+            text
+        } else {
+            String::from_utf8_lossy(&raw).into_owned()
+        };
+        let body: serde_json::Value =
+            serde_json::from_str(&json).unwrap_or(serde_json::Value::Null);
+        let mut all = self.requests.lock().unwrap();
+        let status = (self.script.lock().unwrap())(all.len());
+        all.push(ReceivedBatch {
+            status,
+            idempotency_key,
+            content_encoding,
+            authorization,
+            body,
+        });
+        drop(all);
+        let mut response = Response::builder().status(status);
+        if !(200..300).contains(&status)
+            && let Some(after) = self.retry_after.lock().unwrap().clone()
+        {
+            response = response.header("retry-after", after);
+        }
+        Ok(response
+            .body(Full::new(Bytes::from_static(b"scripted answer")))
+            .unwrap())
+    }
 }
 
 impl Backend {
     pub async fn start(script: Script) -> Backend {
+        Backend::start_with(script, None).await
+    }
+
+    /// An HTTPS backend; its URL uses the host name `localhost`.
+    pub async fn start_tls(script: Script, tls: Arc<rustls::ServerConfig>) -> Backend {
+        Backend::start_with(script, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn start_with(script: Script, tls: Option<tokio_rustls::TlsAcceptor>) -> Backend {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/ingest", listener.local_addr().unwrap());
-        let requests: Arc<Mutex<Vec<ReceivedBatch>>> = Arc::default();
-        let script = Arc::new(Mutex::new(script));
-        let (reqs, scr) = (requests.clone(), script.clone());
+        let port = listener.local_addr().unwrap().port();
+        let url = match tls {
+            Some(_) => format!("https://localhost:{port}/ingest"),
+            None => format!("http://127.0.0.1:{port}/ingest"),
+        };
+        let state = BackendState {
+            requests: Arc::default(),
+            script: Arc::new(Mutex::new(script)),
+            retry_after: Arc::default(),
+        };
+        let shared = state.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (reqs, scr) = (reqs.clone(), scr.clone());
+                let state = shared.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let (reqs, scr) = (reqs.clone(), scr.clone());
-                        async move {
-                            let header = |name: &str| {
-                                req.headers()
-                                    .get(name)
-                                    .and_then(|v| v.to_str().ok())
-                                    .map(str::to_string)
-                            };
-                            let idempotency_key = header("idempotency-key");
-                            let content_encoding = header("content-encoding");
-                            let authorization = header("authorization");
-                            let raw = req
-                                .into_body()
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let json = if content_encoding.as_deref() == Some("gzip") {
-                                let mut text = String::new();
-                                flate2::read::GzDecoder::new(&raw[..])
-                                    .read_to_string(&mut text)
-                                    .unwrap();
-                                text
-                            } else {
-                                String::from_utf8_lossy(&raw).into_owned()
-                            };
-                            let body: serde_json::Value =
-                                serde_json::from_str(&json).unwrap_or(serde_json::Value::Null);
-                            let mut all = reqs.lock().unwrap();
-                            let status = (scr.lock().unwrap())(all.len());
-                            all.push(ReceivedBatch {
-                                status,
-                                idempotency_key,
-                                content_encoding,
-                                authorization,
-                                body,
-                            });
-                            drop(all);
-                            Ok::<_, std::convert::Infallible>(
-                                Response::builder()
-                                    .status(status)
-                                    .body(Full::new(Bytes::from_static(b"")))
-                                    .unwrap(),
-                            )
+                    let service = service_fn(move |req| state.clone().answer(req));
+                    match tls {
+                        Some(acceptor) => {
+                            let handshake = tokio::time::timeout(
+                                Duration::from_secs(5),
+                                acceptor.accept(stream),
+                            );
+                            if let Ok(Ok(stream)) = handshake.await {
+                                let _ = http1::Builder::new()
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
                         }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                        None => {
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    }
                 });
             }
         });
         Backend {
             url,
-            requests,
-            script,
+            requests: state.requests,
+            script: state.script,
+            retry_after: state.retry_after,
             task,
         }
+    }
+
+    /// A `Retry-After` value sent with every non-2xx answer.
+    pub fn set_retry_after(&self, value: Option<&str>) {
+        *self.retry_after.lock().unwrap() = value.map(str::to_string);
     }
 
     pub fn set_script(&self, script: Script) {
@@ -382,6 +435,134 @@ impl Drop for Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A config with a simulated plant (one pump every 20 ms) and one HTTP uplink; `extra`
+/// lands inside the `[[uplinks.http]]` table.
+pub fn write_sim_config(dir: &Path, url: &str, extra: &str) -> PathBuf {
+    let path = dir.join("tidegate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[gateway]
+id = "gw-test"
+state_dir = "{state}"
+
+[log]
+summary_interval = "1s"
+
+[[sources.simulated]]
+name = "plant"
+devices = 1
+interval = "20ms"
+
+[[uplinks.http]]
+name = "cloud"
+url = "{url}"
+max_records = 10
+linger = "100ms"
+backoff_min = "50ms"
+backoff_max = "300ms"
+timeout = "5s"
+{extra}
+"#,
+            state = dir.join("state").display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Sequence numbers of the records in answered-2xx batches, in arrival order.
+pub fn delivered_seqs(backend: &Backend) -> Vec<u64> {
+    backend
+        .delivered()
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect()
+}
+
+/// A test PKI: a CA, a server certificate for localhost/127.0.0.1, a client certificate.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca_pem: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    server_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    server_key: rustls::pki_types::PrivateKeyDer<'static>,
+    ca_der: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "tidegate test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+
+        let server_key = KeyPair::generate().unwrap();
+        let server_params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        let server = server_params.signed_by(&server_key, &issuer).unwrap();
+
+        let client_key = KeyPair::generate().unwrap();
+        let mut client_params = CertificateParams::new(vec!["gw-test".to_string()]).unwrap();
+        client_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "gw-test");
+        let client = client_params.signed_by(&client_key, &issuer).unwrap();
+
+        let ca_pem = dir.path().join("ca.pem");
+        std::fs::write(&ca_pem, ca.pem()).unwrap();
+        let client_cert = dir.path().join("client.pem");
+        std::fs::write(&client_cert, client.pem()).unwrap();
+        let client_key_path = dir.path().join("client.key");
+        std::fs::write(&client_key_path, client_key.serialize_pem()).unwrap();
+        std::fs::write(dir.path().join("server.pem"), server.pem()).unwrap();
+        std::fs::write(dir.path().join("server.key"), server_key.serialize_pem()).unwrap();
+        Pki {
+            ca_pem,
+            client_cert,
+            client_key: client_key_path,
+            server_chain: vec![server.der().clone()],
+            server_key: rustls::pki_types::PrivateKeyDer::try_from(server_key.serialize_der())
+                .unwrap(),
+            ca_der: ca.der().clone(),
+            dir,
+        }
+    }
+
+    pub fn server_config(&self, require_client_cert: bool) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = if require_client_cert {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(self.ca_der.clone()).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        Arc::new(
+            builder
+                .with_single_cert(self.server_chain.clone(), self.server_key.clone_key())
+                .unwrap(),
+        )
     }
 }
 
