@@ -22,6 +22,8 @@ pub enum StoreError {
     Io(#[from] sled::Error),
     #[error("cannot open store in {path}: {source}")]
     Open { path: String, source: sled::Error },
+    #[error("the store in {path} is in use by another process (is another tidegate running?)")]
+    Locked { path: String },
     #[error("unknown uplink cursor \"{0}\"")]
     UnknownCursor(String),
 }

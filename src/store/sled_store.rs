@@ -60,6 +60,37 @@ fn entry_bytes(value_len: usize) -> u64 {
     value_len as u64 + 8
 }
 
+/// How long to wait for the store's file lock. A process that just stopped (or a store
+/// dropped a moment ago in this process) can hold it briefly while its flusher ends.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn open_db(path: &Path) -> Result<sled::Db, StoreError> {
+    let started = std::time::Instant::now();
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+        {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if started.elapsed() >= LOCK_WAIT {
+                    return Err(StoreError::Locked {
+                        path: path.display().to_string(),
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(source) => {
+                return Err(StoreError::Open {
+                    path: path.display().to_string(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
 impl SledStore {
     /// Opens (or creates) the store in `state_dir` for the given uplinks. Cursors of
     /// uplinks no longer configured are dropped, so they cannot pin records forever; a
@@ -71,14 +102,7 @@ impl SledStore {
         policy: FullPolicy,
     ) -> Result<Self, StoreError> {
         let path = state_dir.join("store");
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(|source| StoreError::Open {
-                path: path.display().to_string(),
-                source,
-            })?;
+        let db = open_db(&path)?;
         let records = db.open_tree("records")?;
         let meta = db.open_tree("meta")?;
         let dead = db.open_tree("dead_letter")?;

@@ -119,10 +119,18 @@ impl Sink for HttpSink {
                     .unwrap_or_default();
                 classify(status, retry_after, &text)
             }
-            Err(e) => Delivery::Retry {
-                reason: describe_error(&e),
-                after: None,
-            },
+            Err(e) => {
+                let reason = describe_error(&e);
+                // A certificate problem does not go away by waiting: it needs a person.
+                if reason.contains("certificate") {
+                    Delivery::Refused { reason }
+                } else {
+                    Delivery::Retry {
+                        reason,
+                        after: None,
+                    }
+                }
+            }
         }
     }
 }

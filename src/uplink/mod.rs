@@ -252,7 +252,7 @@ impl UplinkState {
                 "uplink {name}: backend unavailable ({reason}); buffering and retrying with back-off"
             ),
             UplinkState::Refused => log::error!(
-                "uplink {name}: backend refuses this gateway ({reason}); data is kept — check the token, URL and certificates"
+                "uplink {name}: delivery refused ({reason}); data is kept and retried — check the token, URL and TLS certificates"
             ),
         }
         *self = next;
