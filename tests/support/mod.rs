@@ -43,46 +43,99 @@ pub async fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -
 
 pub struct Mosquitto {
     child: Child,
+    /// Plain listener, anonymous access.
     pub port: u16,
+    /// TLS listener with a password file, when started by `start_secure`.
+    pub secure_port: Option<u16>,
+    conf: PathBuf,
     _dir: tempfile::TempDir,
 }
+
+/// Settings every test broker shares. `max_queued_messages 0`: no limit, so nothing queued
+/// for a stopped gateway's persistent session is dropped by the broker during a test.
+const BROKER_COMMON: &str = "persistence false\nmax_queued_messages 0\nmax_inflight_messages 20\n\
+                             user root\nlog_dest stderr\nlog_type error\n";
 
 impl Mosquitto {
     pub fn start() -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        let text = format!("{BROKER_COMMON}listener {port} 127.0.0.1\nallow_anonymous true\n");
+        Mosquitto::launch(dir, port, None, text)
+    }
+
+    /// A broker with a plain anonymous listener (for test publishers) and a TLS listener
+    /// that requires `user`/`password`.
+    pub fn start_secure(pki: &Pki, user: &str, password: &str) -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let passwd = dir.path().join("passwd");
+        let status = Command::new("mosquitto_passwd")
+            .args(["-c", "-b"])
+            .arg(&passwd)
+            .args([user, password])
+            .status()
+            .expect("mosquitto_passwd comes with mosquitto");
+        assert!(status.success());
+        let (port, secure_port) = (free_port(), free_port());
+        let pki_dir = pki.dir.path();
+        let text = format!(
+            "{BROKER_COMMON}per_listener_settings true\n\
+             listener {port} 127.0.0.1\nallow_anonymous true\n\
+             listener {secure_port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n\
+             cafile {}\ncertfile {}\nkeyfile {}\n",
+            passwd.display(),
+            pki.ca_pem.display(),
+            pki_dir.join("server.pem").display(),
+            pki_dir.join("server.key").display(),
+        );
+        Mosquitto::launch(dir, port, Some(secure_port), text)
+    }
+
+    fn launch(
+        dir: tempfile::TempDir,
+        port: u16,
+        secure_port: Option<u16>,
+        text: String,
+    ) -> Mosquitto {
         let conf = dir.path().join("mosquitto.conf");
-        // max_queued_messages 0: no limit, so nothing queued for a stopped gateway's
-        // persistent session is dropped by the broker during a test.
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-                 max_queued_messages 0\nmax_inflight_messages 20\nuser root\nlog_dest stderr\nlog_type error\n"
-            ),
-        )
-        .unwrap();
-        let child = Command::new(mosquitto_binary())
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto must be installed (apt-get install mosquitto); .ci/run installs it");
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "mosquitto did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        std::fs::write(&conf, text).unwrap();
+        let child = spawn_broker(&conf, port);
         Mosquitto {
             child,
             port,
+            secure_port,
+            conf,
             _dir: dir,
         }
     }
+
+    /// Stops the broker (sessions are not persisted, so they are lost) and starts it
+    /// again on the same ports after `down_for`.
+    pub fn restart(&mut self, down_for: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down_for);
+        self.child = spawn_broker(&self.conf, self.port);
+    }
+}
+
+fn spawn_broker(conf: &Path, port: u16) -> Child {
+    let child = Command::new(mosquitto_binary())
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto must be installed (apt-get install mosquitto); .ci/run installs it");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "mosquitto did not start on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
 }
 
 fn mosquitto_binary() -> PathBuf {

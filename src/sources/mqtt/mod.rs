@@ -191,7 +191,20 @@ impl MqttSource {
                         );
                         connected = false;
                     } else if failures_while_down == 1 || failures_while_down.is_power_of_two() {
-                        log::warn!(
+                        // A refused login or a TLS failure will not fix itself: a person
+                        // must act, so it is an ERROR; an absent broker is a WARN.
+                        let needs_a_person = matches!(
+                            e,
+                            rumqttc::ConnectionError::ConnectionRefused(_)
+                                | rumqttc::ConnectionError::Tls(_)
+                        );
+                        let level = if needs_a_person {
+                            log::Level::Error
+                        } else {
+                            log::Level::Warn
+                        };
+                        log::log!(
+                            level,
                             "source {name}: cannot connect to {}:{} ({e}); attempt {failures_while_down}, retrying with back-off",
                             config.host,
                             config.port
