@@ -177,6 +177,14 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
             source_shutdown.clone(),
         )));
     }
+    for modbus in &config.modbus_sources {
+        source_tasks.push(tokio::spawn(crate::sources::modbus::run(
+            modbus.clone(),
+            ingest_tx.clone(),
+            stats.clone(),
+            source_shutdown.clone(),
+        )));
+    }
     drop(ingest_tx);
 
     let summary_shutdown = CancellationToken::new();

@@ -104,18 +104,21 @@ fn run(path: &std::path::Path) -> u8 {
     run_daemon(config, RunLimits::default())
 }
 
-fn run_daemon(config: config::Config, limits: RunLimits) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
-        Ok(rt) => rt,
+        Ok(rt) => Some(rt),
         Err(e) => {
             log::error!("cannot start the async runtime: {e}");
-            return exit::FAILURE;
+            None
         }
-    };
-    match runtime.block_on(app::run(config, limits)) {
+    }
+}
+
+fn exit_code(result: Result<std::sync::Arc<crate::ops::Stats>, AppError>) -> u8 {
+    match result {
         Ok(_) => exit::OK,
         Err(AppError::Setup(message)) => {
             log::error!("{message}");
@@ -128,61 +131,108 @@ fn run_daemon(config: config::Config, limits: RunLimits) -> u8 {
     }
 }
 
+fn run_daemon(config: config::Config, limits: RunLimits) -> u8 {
+    match runtime() {
+        Some(rt) => exit_code(rt.block_on(app::run(config, limits))),
+        None => exit::FAILURE,
+    }
+}
+
 /// The config `tidegate demo` runs on.
 pub const DEMO_CONFIG: &str = include_str!("../config/examples/demo.toml");
 
+/// The embedded demo config, pointed at the simulated plant on `port`, with `devices`
+/// pumps polled every `interval`, its store in `state_dir` and an NDJSON copy in `out`.
+pub fn demo_config(
+    port: u16,
+    devices: usize,
+    interval: Duration,
+    state_dir: &std::path::Path,
+    out: &std::path::Path,
+) -> Result<config::Config, config::ConfigError> {
+    let mut table: toml::Table =
+        toml::from_str(DEMO_CONFIG).expect("the embedded demo config parses");
+    let template = table["sources"]["modbus_tcp"][0]["devices"][0]
+        .as_table()
+        .cloned()
+        .expect("the demo config has a device");
+    let devices: Vec<toml::Value> = (1..=devices)
+        .map(|i| {
+            let mut device = template.clone();
+            device.insert("name".into(), format!("pump-{i}").into());
+            device.insert("unit".into(), (i as i64).into());
+            device.insert(
+                "poll_interval".into(),
+                config::units::format_duration(interval).into(),
+            );
+            toml::Value::Table(device)
+        })
+        .collect();
+    let plant = table["sources"]["modbus_tcp"][0]
+        .as_table_mut()
+        .expect("a table");
+    plant.insert("port".into(), i64::from(port).into());
+    plant.insert("devices".into(), toml::Value::Array(devices));
+    table["gateway"]
+        .as_table_mut()
+        .expect("a table")
+        .insert("state_dir".into(), state_dir.display().to_string().into());
+    let mut file = toml::Table::new();
+    file.insert("name".into(), "ndjson".into());
+    file.insert("path".into(), out.display().to_string().into());
+    table["uplinks"].as_table_mut().expect("a table").insert(
+        "file".into(),
+        toml::Value::Array(vec![toml::Value::Table(file)]),
+    );
+    let text = toml::to_string(&table).expect("a TOML table serialises");
+    config::from_str("(demo config)", &text, &SystemEnvironment)
+}
+
 fn demo(duration: Option<Duration>, devices: usize, interval: Duration, out: PathBuf) -> u8 {
     logging::init(log::LevelFilter::Info);
+    if !(1..=247).contains(&devices) {
+        eprintln!("--devices must be between 1 and 247 (Modbus unit ids)");
+        return exit::USAGE;
+    }
     let state_dir = std::env::temp_dir().join(format!("tidegate-demo-{}", std::process::id()));
     let out = std::path::absolute(&out).unwrap_or(out);
-    let text = DEMO_CONFIG
-        .replace("devices = 4", &format!("devices = {devices}"))
-        .replace(
-            "interval = \"1s\"",
-            &format!(
-                "interval = {}",
-                toml_string(&config::units::format_duration(interval))
-            ),
-        );
-    let drop_in = format!(
-        "[gateway]\nstate_dir = {}\n\n[[uplinks.file]]\nname = \"ndjson\"\npath = {}\n",
-        toml_string(&state_dir.display().to_string()),
-        toml_string(&out.display().to_string())
-    );
-    let doc = config::ConfigDocument::from_sources(vec![
-        (PathBuf::from("(demo config)"), text),
-        (PathBuf::from("(demo overrides)"), drop_in),
-    ]);
-    let config = match doc
-        .map_err(|d| config::ConfigError { diagnostics: d })
-        .and_then(|doc| {
-            config::validate(&doc, &SystemEnvironment)
-                .map_err(|d| config::ConfigError { diagnostics: d })
-        }) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("{e}");
-            return exit::CONFIG;
-        }
+    let Some(rt) = runtime() else {
+        return exit::FAILURE;
     };
-    eprintln!(
-        "tidegate demo: {devices} simulated pumps every {}, store in {}, records to stdout and {}{}",
-        config::units::format_duration(interval),
-        state_dir.display(),
-        out.display(),
-        match duration {
-            Some(d) => format!(", stopping after {}", config::units::format_duration(d)),
-            None => ", Ctrl-C to stop".to_string(),
-        }
-    );
-    let code = run_daemon(config, RunLimits { duration });
+    let code = rt.block_on(async {
+        let plant_shutdown = tokio_util::sync::CancellationToken::new();
+        let address = match crate::sources::modbus::sim::serve(devices, 7, plant_shutdown.clone()).await {
+            Ok(address) => address,
+            Err(e) => {
+                log::error!("cannot start the simulated plant: {e}");
+                return exit::FAILURE;
+            }
+        };
+        let config = match demo_config(address.port(), devices, interval, &state_dir, &out) {
+            Ok(config) => config,
+            Err(e) => {
+                eprintln!("{e}");
+                return exit::CONFIG;
+            }
+        };
+        eprintln!(
+            "tidegate demo: {devices} simulated pumps (Modbus TCP units on {address}) polled every {}, \
+             store in {}, records to stdout and {}{}",
+            config::units::format_duration(interval),
+            state_dir.display(),
+            out.display(),
+            match duration {
+                Some(d) => format!(", stopping after {}", config::units::format_duration(d)),
+                None => ", Ctrl-C to stop".to_string(),
+            }
+        );
+        let code = exit_code(app::run(config, RunLimits { duration }).await);
+        plant_shutdown.cancel();
+        code
+    });
     let _ = std::fs::remove_dir_all(&state_dir);
     if code == exit::OK {
         eprintln!("tidegate demo: done; records are in {}", out.display());
     }
     code
-}
-
-fn toml_string(text: &str) -> String {
-    toml::Value::String(text.to_string()).to_string()
 }

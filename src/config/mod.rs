@@ -4,6 +4,7 @@
 //! check` can use it on a live system.
 
 mod files;
+mod modbus;
 pub mod raw;
 pub mod secret;
 pub mod units;
@@ -65,6 +66,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub mqtt_sources: Vec<MqttSourceConfig>,
     pub simulated_sources: Vec<SimulatedSourceConfig>,
+    pub modbus_sources: Vec<ModbusSourceConfig>,
     pub uplinks: Vec<UplinkConfig>,
     /// The files this config was read from, in merge order.
     pub files: Vec<PathBuf>,
@@ -120,6 +122,43 @@ pub struct MqttSourceConfig {
     pub reconnect: BackoffConfig,
     pub inflight: u16,
     pub subscriptions: Vec<SubscriptionConfig>,
+}
+
+/// A Modbus TCP endpoint or serial line, with its devices.
+#[derive(Clone, Debug)]
+pub struct ModbusSourceConfig {
+    pub name: String,
+    pub link: ModbusLink,
+    pub devices: Vec<ModbusDeviceConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModbusLink {
+    Tcp {
+        host: String,
+        port: u16,
+        connect_timeout: Duration,
+    },
+    Rtu {
+        device: PathBuf,
+        baud: u32,
+        parity: raw::Parity,
+        data_bits: u8,
+        stop_bits: u8,
+        inter_request_delay: Duration,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct ModbusDeviceConfig {
+    pub name: String,
+    pub unit: u8,
+    pub poll_interval: Duration,
+    pub timeout: Duration,
+    pub retries: u8,
+    pub points: Vec<crate::sources::modbus::plan::Point>,
+    /// The read plan: what one poll sends.
+    pub requests: Vec<crate::sources::modbus::plan::ReadRequest>,
 }
 
 #[derive(Clone, Debug)]
@@ -250,6 +289,53 @@ impl Config {
                     "  subscribe {} qos {}: {device}, {ts}",
                     sub.filter, sub.qos
                 );
+            }
+        }
+        for m in &self.modbus_sources {
+            let link = match &m.link {
+                ModbusLink::Tcp { host, port, .. } => {
+                    format!("modbus_tcp \"{}\": {host}:{port}", m.name)
+                }
+                ModbusLink::Rtu {
+                    device,
+                    baud,
+                    parity,
+                    data_bits,
+                    stop_bits,
+                    inter_request_delay,
+                } => format!(
+                    "modbus_rtu \"{}\": {} {baud} baud {data_bits}{}{stop_bits}, {} between requests",
+                    m.name,
+                    device.display(),
+                    match parity {
+                        raw::Parity::None => "N",
+                        raw::Parity::Even => "E",
+                        raw::Parity::Odd => "O",
+                    },
+                    fmt_duration(*inter_request_delay)
+                ),
+            };
+            let _ = writeln!(out, "source {link}, {} devices", m.devices.len());
+            for d in &m.devices {
+                let _ = writeln!(
+                    out,
+                    "  device \"{}\" unit {}: every {}, timeout {}, {} retries; {} points in {} reads per poll",
+                    d.name,
+                    d.unit,
+                    fmt_duration(d.poll_interval),
+                    fmt_duration(d.timeout),
+                    d.retries,
+                    d.points.len(),
+                    d.requests.len()
+                );
+                for r in &d.requests {
+                    let names: Vec<&str> = r
+                        .points
+                        .iter()
+                        .map(|&i| d.points[i].name.as_str())
+                        .collect();
+                    let _ = writeln!(out, "    {r}: {}", names.join(", "));
+                }
             }
         }
         for sim in &self.simulated_sources {

@@ -368,3 +368,199 @@ fn default_sim_devices() -> usize {
 fn default_sim_interval() -> HumanDuration {
     secs(1)
 }
+
+/// A register address as written: a 0-based integer, or the conventional 1-based string
+/// notation (`"40001"` = holding register 0, `"30001"` = input register 0, `"10001"` =
+/// discrete input 0, `"00001"` = coil 0; six digits such as `"400001"` also accepted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RawAddress {
+    ZeroBased(i64),
+    Notation(String),
+}
+
+impl<'de> Deserialize<'de> for RawAddress {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RawAddress;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a 0-based address (integer) or a notation string such as \"40001\"")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawAddress, E> {
+                Ok(RawAddress::ZeroBased(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawAddress, E> {
+                Ok(RawAddress::ZeroBased(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawAddress, E> {
+                Ok(RawAddress::Notation(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawTable {
+    Holding,
+    Input,
+    Coil,
+    Discrete,
+}
+
+/// One value of a Modbus device.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPoint {
+    /// Field name in the sample.
+    pub name: String,
+    /// holding | input | coil | discrete. May be left out with the "40001" notation.
+    pub table: Option<RawTable>,
+    pub address: RawAddress,
+    /// bool | u16 | i16 | u32 | i32 | u64 | i64 | f32 | f64 | string. Default: u16 for
+    /// registers, bool for coils and discrete inputs.
+    #[serde(rename = "type")]
+    pub data_type: Option<crate::sources::modbus::decode::DataType>,
+    /// ABCD (default) | CDAB | BADC | DCBA; defaults to the device's `byte_order`.
+    pub byte_order: Option<crate::sources::modbus::decode::ByteOrder>,
+    /// For `bool` read from a register: the bit, 0 (least significant) to 15.
+    pub bit: Option<u8>,
+    /// Registers of a `string` (2 characters each), 1 to 125.
+    pub length: Option<u16>,
+    /// value × scale + offset. Defaults 1 and 0.
+    #[serde(default = "one")]
+    pub scale: f64,
+    #[serde(default)]
+    pub offset: f64,
+    /// Unit of measure, for people (shown by `tidegate check`).
+    pub unit: Option<String>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// `[profiles.<name>]`: a register map shared by every device of one kind.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProfile {
+    pub points: Vec<RawPoint>,
+}
+
+/// A device (unit id) on a Modbus TCP endpoint or serial line.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModbusDevice {
+    pub name: String,
+    /// Unit (slave) id: 1..=247 on a serial line; 0..=255 on TCP (default 1).
+    #[serde(default = "default_unit")]
+    pub unit: u8,
+    /// Default 1s, between 10ms and 1h.
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval: HumanDuration,
+    /// Deadline of one request. Default 1s, between 10ms and 60s.
+    #[serde(default = "default_modbus_timeout")]
+    pub timeout: HumanDuration,
+    /// Extra attempts after a timeout within one poll. Default 0, at most 5.
+    #[serde(default)]
+    pub retries: u8,
+    /// Largest gap (registers or bits) bridged to merge two reads into one. Default 0:
+    /// unmapped addresses in a gap make some devices answer with an exception.
+    #[serde(default)]
+    pub max_gap: u16,
+    /// Per-request limits for devices that accept less than the protocol's 125 / 2000.
+    #[serde(default = "default_max_registers")]
+    pub max_registers_per_read: u16,
+    #[serde(default = "default_max_bits")]
+    pub max_bits_per_read: u16,
+    /// Default byte order of the device's multi-register values.
+    #[serde(default)]
+    pub byte_order: crate::sources::modbus::decode::ByteOrder,
+    /// Name of a `[profiles.<name>]` register map; its points come before `points`.
+    pub profile: Option<String>,
+    #[serde(default)]
+    pub points: Vec<RawPoint>,
+}
+
+fn default_unit() -> u8 {
+    1
+}
+fn default_poll_interval() -> HumanDuration {
+    secs(1)
+}
+fn default_modbus_timeout() -> HumanDuration {
+    secs(1)
+}
+fn default_max_registers() -> u16 {
+    125
+}
+fn default_max_bits() -> u16 {
+    2000
+}
+
+/// `[[sources.modbus_tcp]]`: one TCP endpoint (a PLC, or a TCP→RTU gateway with many units).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModbusTcp {
+    pub name: String,
+    pub host: String,
+    #[serde(default = "default_modbus_port")]
+    pub port: u16,
+    /// Deadline of the TCP connect. Default 3s.
+    #[serde(default = "default_modbus_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    pub devices: Vec<RawModbusDevice>,
+}
+
+fn default_modbus_port() -> u16 {
+    502
+}
+fn default_modbus_connect_timeout() -> HumanDuration {
+    secs(3)
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Parity {
+    None,
+    /// The Modbus standard's default.
+    #[default]
+    Even,
+    Odd,
+}
+
+/// `[[sources.modbus_rtu]]`: one RS-485 line; its devices are polled one request at a time.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModbusRtu {
+    pub name: String,
+    /// Serial device, e.g. `/dev/ttyUSB0` or `/dev/ttyAMA0`.
+    pub device: PathBuf,
+    /// Default 19200.
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    /// none | even (default, as the standard says) | odd.
+    #[serde(default)]
+    pub parity: Parity,
+    /// 7 or 8 (default).
+    #[serde(default = "default_data_bits")]
+    pub data_bits: u8,
+    /// 1 (default) or 2.
+    #[serde(default = "default_stop_bits")]
+    pub stop_bits: u8,
+    /// Pause between requests. Default: 3.5 character times at the baud rate (1.75 ms
+    /// above 19200 baud), as the standard requires.
+    pub inter_request_delay: Option<HumanDuration>,
+    pub devices: Vec<RawModbusDevice>,
+}
+
+fn default_baud() -> u32 {
+    19_200
+}
+fn default_data_bits() -> u8 {
+    8
+}
+fn default_stop_bits() -> u8 {
+    1
+}

@@ -46,14 +46,18 @@ impl Environment for SystemEnvironment {
     }
 }
 
-struct Checker<'a> {
+pub(super) struct Checker<'a> {
     doc: &'a ConfigDocument,
     env: &'a dyn Environment,
     errors: Vec<Diagnostic>,
 }
 
 impl Checker<'_> {
-    fn error(&mut self, key_path: &str, message: impl Into<String>) {
+    pub(super) fn doc(&self) -> &ConfigDocument {
+        self.doc
+    }
+
+    pub(super) fn error(&mut self, key_path: &str, message: impl Into<String>) {
         let d = self.doc.diagnostic(key_path, message);
         self.errors.push(d);
     }
@@ -62,7 +66,11 @@ impl Checker<'_> {
     /// at the first error; to report more than one per section, the offending key is
     /// taken out and the section tried again, until it parses or an error cannot be
     /// attributed to a removable key.
-    fn section<T: DeserializeOwned>(&mut self, value: &Value, prefix: &str) -> Option<T> {
+    pub(super) fn section<T: DeserializeOwned>(
+        &mut self,
+        value: &Value,
+        prefix: &str,
+    ) -> Option<T> {
         let mut value = value.clone();
         let mut removed: Vec<String> = Vec::new();
         for _ in 0..64 {
@@ -100,7 +108,7 @@ impl Checker<'_> {
         None
     }
 
-    fn table_keys(&mut self, value: &Value, prefix: &str, allowed: &[&str]) {
+    pub(super) fn table_keys(&mut self, value: &Value, prefix: &str, allowed: &[&str]) {
         match value.as_table() {
             Some(table) => {
                 for key in table.keys() {
@@ -120,7 +128,11 @@ impl Checker<'_> {
     }
 
     /// Items of an array of tables such as `[[uplinks.http]]`.
-    fn array_items<'v>(&mut self, value: &'v Value, prefix: &str) -> Vec<(String, &'v Value)> {
+    pub(super) fn array_items<'v>(
+        &mut self,
+        value: &'v Value,
+        prefix: &str,
+    ) -> Vec<(String, &'v Value)> {
         match value.as_array() {
             Some(items) => items
                 .iter()
@@ -137,7 +149,13 @@ impl Checker<'_> {
         }
     }
 
-    fn range_duration(&mut self, path: &str, value: Duration, min: Duration, max: Duration) {
+    pub(super) fn range_duration(
+        &mut self,
+        path: &str,
+        value: Duration,
+        min: Duration,
+        max: Duration,
+    ) {
         if value < min || value > max {
             self.error(
                 path,
@@ -151,7 +169,7 @@ impl Checker<'_> {
         }
     }
 
-    fn range_usize(&mut self, path: &str, value: usize, min: usize, max: usize) {
+    pub(super) fn range_usize(&mut self, path: &str, value: usize, min: usize, max: usize) {
         if value < min || value > max {
             self.error(
                 path,
@@ -228,7 +246,7 @@ impl Checker<'_> {
         }
     }
 
-    fn name(&mut self, path: &str, name: &str, seen: &mut HashSet<String>) {
+    pub(super) fn name(&mut self, path: &str, name: &str, seen: &mut HashSet<String>) {
         if name.is_empty()
             || !name
                 .chars()
@@ -301,7 +319,7 @@ pub fn validate(doc: &ConfigDocument, env: &dyn Environment) -> Result<Config, V
     c.table_keys(
         &root,
         "",
-        &["gateway", "log", "store", "sources", "uplinks"],
+        &["gateway", "log", "store", "sources", "profiles", "uplinks"],
     );
     let empty = Value::Table(Default::default());
     let get = |key: &str| doc.merged.get(key).unwrap_or(&empty);
@@ -366,7 +384,11 @@ pub fn validate(doc: &ConfigDocument, env: &dyn Environment) -> Result<Config, V
     let mut mqtt_sources = Vec::new();
     let mut source_names = HashSet::new();
     if let Some(sources) = doc.merged.get("sources") {
-        c.table_keys(sources, "sources", &["mqtt", "simulated"]);
+        c.table_keys(
+            sources,
+            "sources",
+            &["mqtt", "modbus_tcp", "modbus_rtu", "simulated"],
+        );
         if let Some(mqtt) = sources.get("mqtt") {
             for (path, item) in c.array_items(mqtt, "sources.mqtt") {
                 if let Some(raw) = c.section::<RawMqttSource>(item, &path) {
@@ -403,6 +425,9 @@ pub fn validate(doc: &ConfigDocument, env: &dyn Environment) -> Result<Config, V
             }
         }
     }
+
+    let mut device_names = HashSet::new();
+    let modbus_sources = super::modbus::sources(&mut c, &mut source_names, &mut device_names);
 
     let mut uplinks = Vec::new();
     let mut uplink_names = HashSet::new();
@@ -448,10 +473,10 @@ pub fn validate(doc: &ConfigDocument, env: &dyn Environment) -> Result<Config, V
     }
 
     if c.errors.is_empty() {
-        if mqtt_sources.is_empty() && simulated_sources.is_empty() {
+        if mqtt_sources.is_empty() && simulated_sources.is_empty() && modbus_sources.is_empty() {
             c.error(
                 "sources",
-                "no sources configured: add at least one [[sources.mqtt]]",
+                "no sources configured: add [[sources.mqtt]], [[sources.modbus_tcp]] or [[sources.modbus_rtu]]",
             );
         }
         if uplinks.is_empty() {
@@ -498,6 +523,7 @@ pub fn validate(doc: &ConfigDocument, env: &dyn Environment) -> Result<Config, V
         },
         mqtt_sources,
         simulated_sources,
+        modbus_sources,
         uplinks,
         files: doc.file_paths().map(Path::to_path_buf).collect(),
     })

@@ -22,6 +22,15 @@ pub struct Stats {
     /// Commits that failed and were retried.
     pub store_errors: AtomicU64,
     pub decode_errors: AtomicU64,
+    /// Modbus device polls attempted, and those in which no value could be read.
+    pub modbus_polls: AtomicU64,
+    pub modbus_failed_polls: AtomicU64,
+    /// Polls not made: the slot had already passed (overrun), or the device's breaker
+    /// was open.
+    pub modbus_skipped_overrun: AtomicU64,
+    pub modbus_skipped_breaker: AtomicU64,
+    pub modbus_timeouts: AtomicU64,
+    pub modbus_exceptions: AtomicU64,
     decode_errors_by_topic: Mutex<BTreeMap<String, u64>>,
     uplinks: Mutex<BTreeMap<String, UplinkCounters>>,
 }

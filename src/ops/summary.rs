@@ -68,6 +68,17 @@ pub async fn line(stats: &Stats, store: &Arc<dyn Store>, rate: f64) -> String {
             ));
         }
     }
+    let polls = Stats::get(&stats.modbus_polls);
+    if polls > 0 {
+        text.push_str(&format!(
+            "; modbus polls {polls} (failed {}, timeouts {}, exceptions {}, skipped {} overrun / {} breaker)",
+            Stats::get(&stats.modbus_failed_polls),
+            Stats::get(&stats.modbus_timeouts),
+            Stats::get(&stats.modbus_exceptions),
+            Stats::get(&stats.modbus_skipped_overrun),
+            Stats::get(&stats.modbus_skipped_breaker),
+        ));
+    }
     text.push_str(&format!(
         "; decode errors {}; evicted {}",
         Stats::get(&stats.decode_errors),

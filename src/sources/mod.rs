@@ -7,5 +7,6 @@
 //!
 //! [`Sample`]: crate::sample::Sample
 
+pub mod modbus;
 pub mod mqtt;
 pub mod sim;

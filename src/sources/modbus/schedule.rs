@@ -1,0 +1,109 @@
+//! Fixed-rate polling without drift: the next slot is the previous slot plus the
+//! interval, never "now plus the interval", so a slow poll does not shift every later
+//! one. Devices start at a phase derived from their name, spreading a thousand devices
+//! over the interval instead of firing them in one burst. A slot that has already slipped
+//! by half an interval or more is skipped and counted, not polled late.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    interval: Duration,
+    next_due: Instant,
+    pub skipped: u64,
+}
+
+/// A stable phase in `[0, interval)` for a device name (FNV-1a: stable across builds and
+/// platforms, unlike std's hasher).
+pub fn phase_for(name: &str, interval: Duration) -> Duration {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in name.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let nanos = interval.as_nanos().max(1) as u64;
+    Duration::from_nanos(hash % nanos)
+}
+
+impl Schedule {
+    pub fn new(interval: Duration, phase: Duration, now: Instant) -> Self {
+        Schedule {
+            interval,
+            next_due: now + phase,
+            skipped: 0,
+        }
+    }
+
+    pub fn next_due(&self) -> Instant {
+        self.next_due
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// Moves to the next slot after the one just served (or passed up). Slots that are
+    /// already half an interval or more in the past at `now` are skipped; returns how many.
+    pub fn advance(&mut self, now: Instant) -> u64 {
+        self.next_due += self.interval;
+        let mut skipped = 0;
+        while now >= self.next_due + self.interval / 2 {
+            self.next_due += self.interval;
+            skipped += 1;
+        }
+        self.skipped += skipped;
+        skipped
+    }
+
+    /// How late `now` is for the current slot.
+    pub fn lateness(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.next_due)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_do_not_drift_when_polls_take_time() {
+        let t0 = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut s = Schedule::new(second, Duration::ZERO, t0);
+        // Each poll ends 300 ms into its slot.
+        for k in 0..10u32 {
+            let done = s.next_due() + Duration::from_millis(300);
+            assert_eq!(s.next_due(), t0 + second * k);
+            assert_eq!(s.advance(done), 0);
+        }
+        assert_eq!(s.next_due(), t0 + second * 10);
+    }
+
+    #[test]
+    fn an_overrun_skips_and_counts_missed_slots() {
+        let t0 = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut s = Schedule::new(second, Duration::ZERO, t0);
+        // A poll that took 3.2 s: slots at 1 s, 2 s, 3 s have passed by more than half an
+        // interval... the 3 s one only by 0.2 s, so it is still served.
+        assert_eq!(s.advance(t0 + Duration::from_millis(3200)), 2);
+        assert_eq!(s.next_due(), t0 + second * 3);
+        assert_eq!(s.skipped, 2);
+    }
+
+    #[test]
+    fn phases_spread_devices_over_the_interval() {
+        let interval = Duration::from_secs(1);
+        let mut buckets = [0u32; 10];
+        for i in 0..1000 {
+            let phase = phase_for(&format!("device-{i}"), interval);
+            assert!(phase < interval);
+            buckets[(phase.as_millis() / 100) as usize] += 1;
+        }
+        // Roughly uniform: no tenth of the second holds more than twice its share.
+        assert!(buckets.iter().all(|&n| n > 50 && n < 200), "{buckets:?}");
+        assert_eq!(phase_for("x", interval), phase_for("x", interval));
+    }
+}
