@@ -315,18 +315,22 @@ impl Config {
                     fmt_duration(*inter_request_delay)
                 ),
             };
-            let _ = writeln!(out, "source {link}, {} devices", m.devices.len());
+            let _ = writeln!(
+                out,
+                "source {link}, {}",
+                units::plural(m.devices.len(), "device")
+            );
             for d in &m.devices {
                 let _ = writeln!(
                     out,
-                    "  device \"{}\" unit {}: every {}, timeout {}, {} retries; {} points in {} reads per poll",
+                    "  device \"{}\" unit {}: every {}, timeout {}, {}; {} in {} per poll",
                     d.name,
                     d.unit,
                     fmt_duration(d.poll_interval),
                     fmt_duration(d.timeout),
-                    d.retries,
-                    d.points.len(),
-                    d.requests.len()
+                    units::plural(usize::from(d.retries), "retry").replace("retrys", "retries"),
+                    units::plural(d.points.len(), "point"),
+                    units::plural(d.requests.len(), "read")
                 );
                 for r in &d.requests {
                     let names: Vec<&str> = r

@@ -64,7 +64,7 @@ fn point(
                     c.error(
                         &join_key(path, "table"),
                         format!(
-                            "\"{text}\" is a {table} address, but table says {}",
+                            "\"{text}\" is an address of the {table} table, but `table` says {}",
                             table_of(given)
                         ),
                     );
@@ -239,6 +239,7 @@ fn device(
         max_gap: raw.max_gap,
     };
 
+    let errors_before = c.error_count();
     let mut points = Vec::new();
     let mut names = HashSet::new();
     let mut add = |c: &mut Checker<'_>, point_path: String, raw_point: &RawPoint| {
@@ -259,8 +260,9 @@ fn device(
                 c.error(
                     &point_path,
                     format!(
-                        "the point takes {} registers, more than one read allows ({limit})",
-                        p.width()
+                        "the point takes {} registers, more than one read of device \"{}\" allows ({limit})",
+                        p.width(),
+                        raw.name
                     ),
                 );
                 return;
@@ -289,10 +291,13 @@ fn device(
         add(c, join_index(&join_key(path, "points"), i), raw_point);
     }
     if points.is_empty() {
-        c.error(
-            path,
-            "the device has no points: add `points` or a `profile`",
-        );
+        // When its points were all wrong, those errors already say what to fix.
+        if c.error_count() == errors_before {
+            c.error(
+                path,
+                "the device has no points: add `points` or a `profile`",
+            );
+        }
         return None;
     }
     let requests = plan::plan(&points, limits);

@@ -46,7 +46,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 pub fn format_duration(d: Duration) -> String {
+    // Sub-millisecond detail (a serial line's silent interval) reads better as "3.646ms"
+    // than as "3ms 645us 833ns".
+    if d < Duration::from_secs(1) && d.subsec_nanos() % 1_000_000 != 0 {
+        let ms = format!("{:.3}", d.as_secs_f64() * 1000.0);
+        return format!("{}ms", ms.trim_end_matches('0').trim_end_matches('.'));
+    }
     humantime::format_duration(d).to_string()
+}
+
+/// `1 device`, `2 devices`.
+pub fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
 }
 
 /// A size in bytes written as `"512MiB"`, `"64 KiB"`, `"1GB"` or a bare integer of bytes.
@@ -171,6 +186,15 @@ mod tests {
                 .contains("unknown unit")
         );
         assert!(parse_size("MiB").is_err());
+    }
+
+    #[test]
+    fn durations_display_compactly() {
+        assert_eq!(format_duration(Duration::from_micros(3646)), "3.646ms");
+        assert_eq!(format_duration(Duration::from_millis(500)), "500ms");
+        assert_eq!(format_duration(Duration::from_secs(90)), "1m 30s");
+        assert_eq!(plural(1, "device"), "1 device");
+        assert_eq!(plural(3, "device"), "3 devices");
     }
 
     #[test]

@@ -57,6 +57,10 @@ impl Checker<'_> {
         self.doc
     }
 
+    pub(super) fn error_count(&self) -> usize {
+        self.errors.len()
+    }
+
     pub(super) fn error(&mut self, key_path: &str, message: impl Into<String>) {
         let d = self.doc.diagnostic(key_path, message);
         self.errors.push(d);
@@ -492,6 +496,9 @@ pub fn validate(doc: &ConfigDocument, env: &dyn Environment) -> Result<Config, V
         // In reading order: files in merge order, then line and column.
         let order: Vec<&Path> = doc.file_paths().collect();
         let mut errors = c.errors;
+        // A profile shared by several devices would report its own mistakes once each.
+        let mut seen = HashSet::new();
+        errors.retain(|d| seen.insert(d.to_string()));
         errors.sort_by_key(|d| match &d.location {
             Some(l) => (
                 order

@@ -114,19 +114,19 @@ pub struct ReadRequest {
 impl fmt::Display for ReadRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let unit = if self.table.is_bits() {
-            "bits"
+            "bit"
         } else {
-            "registers"
+            "register"
         };
         write!(
             f,
-            "FC{:02} {} {}..={} ({} {unit}, {} points)",
+            "FC{:02} {} {}..={} ({}, {})",
             self.table.function_code(),
             self.table,
             self.start,
             u32::from(self.start) + u32::from(self.count) - 1,
-            self.count,
-            self.points.len()
+            crate::config::units::plural(usize::from(self.count), unit),
+            crate::config::units::plural(self.points.len(), "point")
         )
     }
 }
