@@ -48,7 +48,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 pub fn format_duration(d: Duration) -> String {
     // Sub-millisecond detail (a serial line's silent interval) reads better as "3.646ms"
     // than as "3ms 645us 833ns".
-    if d < Duration::from_secs(1) && d.subsec_nanos() % 1_000_000 != 0 {
+    if d < Duration::from_secs(1) && !d.subsec_nanos().is_multiple_of(1_000_000) {
         let ms = format!("{:.3}", d.as_secs_f64() * 1000.0);
         return format!("{}ms", ms.trim_end_matches('0').trim_end_matches('.'));
     }
