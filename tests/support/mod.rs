@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod modbus;
+
 use std::io::Read;
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
