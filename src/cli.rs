@@ -56,6 +56,56 @@ pub enum Command {
         #[arg(long, default_value = "tidegate-demo.ndjson")]
         out: PathBuf,
     },
+    /// Commissioning: talk to a field device directly.
+    #[command(subcommand)]
+    Probe(Probe),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Probe {
+    /// Read registers from a Modbus unit and print every decoding, or scan a line.
+    Modbus(ProbeModbus),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("link").required(true).args(["tcp", "rtu"])))]
+pub struct ProbeModbus {
+    /// A Modbus TCP endpoint, HOST:PORT.
+    #[arg(long)]
+    tcp: Option<String>,
+    /// A serial device, e.g. /dev/ttyUSB0.
+    #[arg(long)]
+    rtu: Option<PathBuf>,
+    #[arg(long, default_value_t = 19200)]
+    baud: u32,
+    /// none | even | odd.
+    #[arg(long, default_value = "even")]
+    parity: String,
+    #[arg(long, default_value_t = 8)]
+    data_bits: u8,
+    #[arg(long, default_value_t = 1)]
+    stop_bits: u8,
+    /// Unit (slave) id.
+    #[arg(long, default_value_t = 1)]
+    unit: u8,
+    /// holding | input | coil | discrete. Implied by a notation address such as 40001.
+    #[arg(long)]
+    table: Option<String>,
+    /// First address: 0-based, or the notation such as 40001.
+    #[arg(long, default_value = "0")]
+    address: String,
+    /// Registers (or bits) to read.
+    #[arg(long, default_value_t = 10)]
+    count: u16,
+    /// Deadline per request.
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    timeout: Duration,
+    /// List the unit ids that answer instead of reading registers.
+    #[arg(long)]
+    scan: bool,
+    /// Unit ids to scan, e.g. 1-247.
+    #[arg(long, default_value = "1-247")]
+    units: String,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -72,6 +122,107 @@ pub fn main(cli: Cli) -> u8 {
             interval,
             out,
         } => demo(duration, devices, interval, out),
+        Command::Probe(Probe::Modbus(args)) => probe_modbus(args),
+    }
+}
+
+fn probe_modbus(args: ProbeModbus) -> u8 {
+    logging::init(log::LevelFilter::Warn);
+    let link = match (&args.tcp, &args.rtu) {
+        (Some(endpoint), _) => {
+            let Some((host, port)) = endpoint
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+            else {
+                eprintln!("--tcp wants HOST:PORT, got \"{endpoint}\"");
+                return exit::USAGE;
+            };
+            config::ModbusLink::Tcp {
+                host: host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string(),
+                port,
+                connect_timeout: args.timeout.max(Duration::from_secs(1)),
+            }
+        }
+        (None, Some(device)) => {
+            let parity = match args.parity.as_str() {
+                "none" => config::raw::Parity::None,
+                "even" => config::raw::Parity::Even,
+                "odd" => config::raw::Parity::Odd,
+                other => {
+                    eprintln!("--parity is none, even or odd, not \"{other}\"");
+                    return exit::USAGE;
+                }
+            };
+            config::ModbusLink::Rtu {
+                device: device.clone(),
+                baud: args.baud,
+                parity,
+                data_bits: args.data_bits,
+                stop_bits: args.stop_bits,
+                inter_request_delay: config::silent_interval(
+                    args.baud,
+                    args.data_bits,
+                    parity,
+                    args.stop_bits,
+                ),
+            }
+        }
+        (None, None) => unreachable!("clap requires --tcp or --rtu"),
+    };
+    let Some(rt) = runtime() else {
+        return exit::FAILURE;
+    };
+    if args.scan {
+        let Some((first, last)) = args
+            .units
+            .split_once('-')
+            .and_then(|(a, b)| Some((a.trim().parse::<u8>().ok()?, b.trim().parse::<u8>().ok()?)))
+            .filter(|(a, b)| a <= b)
+        else {
+            eprintln!("--units wants a range such as 1-247");
+            return exit::USAGE;
+        };
+        print!(
+            "{}",
+            rt.block_on(crate::sources::modbus::probe::scan(
+                link,
+                first..=last,
+                args.timeout
+            ))
+        );
+        return exit::OK;
+    }
+    let (table, address) = match config::parse_address(&args.address, args.table.as_deref()) {
+        Ok(pair) => pair,
+        Err(e) => {
+            eprintln!("{e}");
+            return exit::USAGE;
+        }
+    };
+    let limit = if table.is_bits() { 2000 } else { 125 };
+    if args.count == 0 || args.count > limit {
+        eprintln!("--count must be 1 to {limit} for a {table}");
+        return exit::USAGE;
+    }
+    match rt.block_on(crate::sources::modbus::probe::read_block(
+        link,
+        args.unit,
+        table,
+        address,
+        args.count,
+        args.timeout,
+    )) {
+        Ok(report) => {
+            print!("{report}");
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            exit::FAILURE
+        }
     }
 }
 

@@ -526,3 +526,75 @@ async fn late_replies_on_a_serial_line_are_drained_not_misread() {
     assert_eq!(wrong, 0);
     assert!(good > 0);
 }
+
+fn probe(args: Vec<String>) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["probe", "modbus"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_shows_every_decoding_and_scan_finds_the_units_on_a_line() {
+    let mut unit = Unit::default();
+    unit.set_holding(0, &encode(&1.5f32.to_be_bytes(), "CDAB"));
+    let devices = Devices::new(HashMap::from([(5, unit)]));
+    let stop = CancellationToken::new();
+    let address = serve_tcp(devices.clone(), stop.clone()).await;
+    let args = vec![
+        "--tcp".to_string(),
+        address.to_string(),
+        "--unit".into(),
+        "5".into(),
+        "--address".into(),
+        "40001".into(),
+        "--count".into(),
+        "2".into(),
+    ];
+    let out = tokio::task::spawn_blocking(move || probe(args))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cdab = stdout
+        .lines()
+        .find(|l| l.split_whitespace().take(2).collect::<Vec<_>>() == ["0", "CDAB"])
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(cdab.trim_end().ends_with(" 1.5"), "{cdab}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let pty = PtyPair::new(dir.path());
+    let mut with_exception = Unit::default();
+    with_exception
+        .exceptions
+        .insert((3, 0), ExceptionCode::IllegalDataAddress);
+    let line = Devices::new(HashMap::from([(2, Unit::default()), (9, with_exception)]));
+    serve_rtu(line.clone(), &pty, stop.clone());
+    let args = vec![
+        "--rtu".to_string(),
+        pty.gateway_end.display().to_string(),
+        "--scan".into(),
+        "--units".into(),
+        "1-10".into(),
+        "--timeout".into(),
+        "100ms".into(),
+    ];
+    let out = tokio::task::spawn_blocking(move || probe(args))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
+    assert!(stdout.contains("unit   2: answers"), "{stdout}");
+    assert!(
+        stdout.contains("unit   9: answers, with exception 02"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("2 of 10 unit ids answered"), "{stdout}");
+    assert!(line.function_codes().iter().all(|c| *c == 3));
+}

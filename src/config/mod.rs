@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use files::{ConfigDocument, Diagnostic, Location};
+pub use modbus::{parse_address, parse_notation, silent_interval};
 pub use raw::{Durability, FullPolicy, StdoutFormat, TimestampFormat};
 pub use secret::{Secret, SecretRef};
 pub use validate::{Environment, SystemEnvironment, validate};

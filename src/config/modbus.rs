@@ -39,6 +39,30 @@ pub fn parse_notation(text: &str) -> Result<(Table, u16), String> {
     Ok((table, (number - 1) as u16))
 }
 
+/// An address as the `probe` command takes it: a notation such as "40001", or a 0-based
+/// number with a table name.
+pub fn parse_address(address: &str, table: Option<&str>) -> Result<(Table, u16), String> {
+    let named = match table {
+        None => None,
+        Some("holding") => Some(Table::HoldingRegister),
+        Some("input") => Some(Table::InputRegister),
+        Some("coil") => Some(Table::Coil),
+        Some("discrete") => Some(Table::DiscreteInput),
+        Some(other) => {
+            return Err(format!(
+                "table is holding, input, coil or discrete, not \"{other}\""
+            ));
+        }
+    };
+    if address.len() >= 5 && named.is_none() {
+        return parse_notation(address);
+    }
+    let number: u16 = address.parse().map_err(|_| {
+        format!("\"{address}\" is neither a 0-based address nor a notation such as 40001")
+    })?;
+    Ok((named.unwrap_or(Table::HoldingRegister), number))
+}
+
 fn table_of(raw: RawTable) -> Table {
     match raw {
         RawTable::Holding => Table::HoldingRegister,

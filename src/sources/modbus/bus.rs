@@ -130,7 +130,7 @@ impl Device {
 }
 
 /// How one request ended.
-enum Outcome {
+pub(crate) enum Outcome {
     Registers(Vec<u16>),
     Bits(Vec<bool>),
     Exception(ExceptionCode),
@@ -476,7 +476,12 @@ impl Link {
     }
 
     /// One read request with its deadline.
-    async fn read(&mut self, unit: u8, request: &ReadRequest, deadline: Duration) -> Outcome {
+    pub(crate) async fn read(
+        &mut self,
+        unit: u8,
+        request: &ReadRequest,
+        deadline: Duration,
+    ) -> Outcome {
         if let Err(e) = self.connect().await {
             return Outcome::Transport(format!("not connected: {e}"));
         }

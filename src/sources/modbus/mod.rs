@@ -11,9 +11,10 @@
 //! - `sim`: the simulated plant `tidegate demo` polls, a Modbus TCP server on loopback.
 
 pub mod breaker;
-mod bus;
+pub(crate) mod bus;
 pub mod decode;
 pub mod plan;
+pub mod probe;
 
 pub mod schedule;
 
