@@ -60,6 +60,8 @@ pub trait Store: Send + Sync + 'static {
     fn flush(&self) -> Result<(), StoreError>;
     /// Up to `max` records after the uplink's cursor, in sequence order.
     fn read(&self, uplink: &str, max: usize) -> Result<Vec<Record>, StoreError>;
+    /// The last sequence number the uplink has acknowledged.
+    fn cursor(&self, uplink: &str) -> Result<u64, StoreError>;
     /// Number of records after the uplink's cursor.
     fn pending(&self, uplink: &str) -> Result<u64, StoreError>;
     /// Marks everything up to and including `through_seq` as delivered by `uplink`, and

@@ -302,6 +302,10 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    fn cursor(&self, uplink: &str) -> Result<u64, StoreError> {
+        SledStore::cursor(self, uplink)
+    }
+
     fn pending(&self, uplink: &str) -> Result<u64, StoreError> {
         let cursor = self.cursor(uplink)?;
         let Some((first, _)) = self

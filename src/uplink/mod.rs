@@ -81,25 +81,27 @@ pub async fn run<S: Sink>(
     let mut state = UplinkState::Idle;
     stats.update_uplink(&name, |c| c.state = "up".into());
 
+    let mut cursor = match blocking(&store, {
+        let name = name.clone();
+        move |s| s.cursor(&name)
+    })
+    .await
+    {
+        Ok(cursor) => cursor,
+        Err(e) => {
+            log::error!("uplink {name}: cannot read its cursor: {e}; not starting");
+            return;
+        }
+    };
     while !shutdown.is_cancelled() {
         let records = match batch.take() {
             Some(records) => records,
             None => {
                 // Mark commits seen *before* looking, so one landing in between wakes us.
-                committed.borrow_and_update();
-                let pending = match blocking(&store, {
-                    let name = name.clone();
-                    move |s| s.pending(&name)
-                })
-                .await
-                {
-                    Ok(n) => n,
-                    Err(e) => {
-                        log::error!("uplink {name}: cannot read the store: {e}");
-                        sleep_or_shutdown(Duration::from_secs(1), &shutdown).await;
-                        continue;
-                    }
-                };
+                // The estimate needs no store access: commits only wake us, they cost
+                // nothing more while a batch lingers.
+                let known_last = *committed.borrow_and_update();
+                let pending = known_last.saturating_sub(cursor);
                 if pending == 0 {
                     if drain.is_cancelled() {
                         break;
@@ -130,7 +132,11 @@ pub async fn run<S: Sink>(
                 })
                 .await;
                 match read {
-                    Ok(records) if records.is_empty() => continue,
+                    Ok(records) if records.is_empty() => {
+                        // Everything up to what was committed is gone (evicted): nothing to send.
+                        cursor = cursor.max(known_last);
+                        continue;
+                    }
                     Ok(records) => records,
                     Err(e) => {
                         log::error!("uplink {name}: cannot read the store: {e}");
@@ -163,6 +169,7 @@ pub async fn run<S: Sink>(
                         "uplink {name}: delivered {first}..={last} but cannot record it: {e}"
                     );
                 }
+                cursor = last;
                 stats.update_uplink(&name, |c| {
                     c.delivered += records.len() as u64;
                     c.batches += 1;
@@ -227,6 +234,7 @@ pub async fn run<S: Sink>(
                     sleep_or_shutdown(backoff.next_delay(), &shutdown).await;
                     continue;
                 }
+                cursor = last;
                 stats.update_uplink(&name, |c| c.dead_lettered += count);
             }
         }

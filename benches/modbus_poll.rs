@@ -1,0 +1,198 @@
+//! Modbus polling at scale, with the whole pipeline behind it (fsync store, file uplink).
+//!
+//! `cargo bench --bench modbus_poll` runs, on this machine:
+//! - `TG_DEVICES` (default 1000) Modbus TCP devices, each its own connection, polled every
+//!   `TG_INTERVAL_MS` (default 1000) for `TG_SECONDS` (default 30) — each poll reads
+//!   HR 0–19, IR 0–19 and HR 100–109 (five f32), three requests;
+//! - the same with `TG_DEAD_PERCENT` (default 10) of the devices never answering.
+//!
+//! Reports polls completed, how many started within ±10% of their slot, CPU and peak RSS
+//! of the daemon. The simulated devices run in this process, so their CPU is not counted.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use support::modbus::*;
+use support::*;
+use tokio_util::sync::CancellationToken;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    ((t(11) + t(12)) / 100.0, hwm)
+}
+
+async fn run(devices: u64, dead_percent: u64, interval_ms: u64, seconds: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut unit = Unit::default();
+    unit.set_holding(0, &(0..20).collect::<Vec<u16>>());
+    unit.set_input(0, &(100..120).collect::<Vec<u16>>());
+    for i in 0..5u16 {
+        unit.set_holding(
+            100 + i * 2,
+            &encode(&(1.5f32 + f32::from(i)).to_be_bytes(), "ABCD"),
+        );
+    }
+    let mut dead = unit.clone();
+    dead.silent = true;
+    let stop = CancellationToken::new();
+    let live_server = serve_tcp(Devices::new(HashMap::from([(1, unit)])), stop.clone()).await;
+    let dead_server = serve_tcp(Devices::new(HashMap::from([(1, dead)])), stop.clone()).await;
+    let dead_count = devices * dead_percent / 100;
+
+    let mut text = format!(
+        "[gateway]\nid = \"bench\"\nstate_dir = \"{}\"\n[log]\nsummary_interval = \"10s\"\n\
+         [store]\ndurability = \"{}\"\n\
+         [profiles.meter]\npoints = [\n",
+        dir.path().join("state").display(),
+        std::env::var("TG_DURABILITY").unwrap_or_else(|_| "fsync".into())
+    );
+    for i in 0..20 {
+        let _ = writeln!(
+            text,
+            "  {{ name = \"hr{i}\", address = {i}, table = \"holding\" }},"
+        );
+        let _ = writeln!(
+            text,
+            "  {{ name = \"ir{i}\", address = {i}, table = \"input\" }},"
+        );
+    }
+    for i in 0..5 {
+        let _ = writeln!(
+            text,
+            "  {{ name = \"f{i}\", address = {}, table = \"holding\", type = \"f32\" }},",
+            100 + i * 2
+        );
+    }
+    text.push_str("]\n");
+    for d in 0..devices {
+        let port = if d < dead_count {
+            dead_server.port()
+        } else {
+            live_server.port()
+        };
+        let _ = write!(
+            text,
+            "[[sources.modbus_tcp]]\nname = \"ep{d}\"\nhost = \"127.0.0.1\"\nport = {port}\n\
+             [[sources.modbus_tcp.devices]]\nname = \"dev{d}\"\nprofile = \"meter\"\npoll_interval = \"{interval_ms}ms\"\ntimeout = \"1s\"\n"
+        );
+    }
+    let out = dir.path().join("records.ndjson");
+    let _ = write!(
+        text,
+        "[[uplinks.file]]\nname = \"archive\"\npath = \"{}\"\nmax_records = 5000\nlinger = \"1s\"\n",
+        out.display()
+    );
+    let config = dir.path().join("tidegate.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut daemon = Daemon::start(&config, &dir.path().join("tidegate.log"));
+    // Warm-up: connections made, phases spread.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = daemon.pid();
+    let (cpu0, _) = usage(pid);
+    let t0 = sample_now_ms();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let t1 = sample_now_ms();
+    let (cpu1, hwm) = usage(pid);
+    assert_eq!(daemon.terminate(), Some(0));
+
+    let records = read_ndjson(&out);
+    let mut by_device: BTreeMap<String, Vec<(i64, bool)>> = BTreeMap::new();
+    for r in &records {
+        let ts = r["ts"].as_i64().unwrap();
+        if ts < t0 || ts >= t1 {
+            continue;
+        }
+        let good = r.get("quality").is_none() && r.get("field_quality").is_none();
+        by_device
+            .entry(r["device"].as_str().unwrap().to_string())
+            .or_default()
+            .push((ts, good));
+    }
+    let live_devices = devices - dead_count;
+    let expected = live_devices as f64 * (t1 - t0) as f64 / interval_ms as f64;
+    let (mut completed, mut on_time, mut starts) = (0u64, 0u64, 0u64);
+    for (name, polls) in &by_device {
+        let index: u64 = name.trim_start_matches("dev").parse().unwrap();
+        if index < dead_count {
+            continue;
+        }
+        completed += polls.iter().filter(|(_, good)| *good).count() as u64;
+        // Lateness against this device's own grid, anchored at its earliest start.
+        let anchor = polls
+            .iter()
+            .map(|(ts, _)| ts.rem_euclid(interval_ms as i64))
+            .min()
+            .unwrap_or(0);
+        for (ts, _) in polls {
+            starts += 1;
+            let offset = (ts - anchor).rem_euclid(interval_ms as i64);
+            let deviation = offset.min(interval_ms as i64 - offset);
+            if deviation as f64 <= interval_ms as f64 * 0.1 {
+                on_time += 1;
+            }
+        }
+    }
+    let cpu = cpu1 - cpu0;
+    let window = (t1 - t0) as f64 / 1000.0;
+    println!(
+        "modbus TCP: {devices} devices ({dead_count} dead) every {interval_ms} ms, {window:.0} s, 3 reads per poll, {} store + file uplink",
+        std::env::var("TG_DURABILITY").unwrap_or_else(|_| "fsync".into())
+    );
+    println!(
+        "  healthy polls completed {completed} of {expected:.0} expected ({:.2}%)",
+        100.0 * completed as f64 / expected
+    );
+    println!(
+        "  started within ±10% of the slot: {:.2}% of {starts}",
+        100.0 * on_time as f64 / starts.max(1) as f64
+    );
+    println!(
+        "  daemon CPU {:.1}% of one core ({cpu:.2} CPU-s), peak RSS {:.1} MiB",
+        100.0 * cpu / window,
+        hwm as f64 / 1024.0
+    );
+    stop.cancel();
+}
+
+fn sample_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let devices = env_or("TG_DEVICES", 1000);
+    let interval = env_or("TG_INTERVAL_MS", 1000);
+    let seconds = env_or("TG_SECONDS", 30);
+    run(devices, 0, interval, seconds).await;
+    run(devices, env_or("TG_DEAD_PERCENT", 10), interval, seconds).await;
+}
