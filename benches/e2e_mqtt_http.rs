@@ -63,7 +63,7 @@ async fn main() {
         .replace("max_records = 50", "max_records = 1000")
         .replace("summary_interval = \"1s\"", "summary_interval = \"5s\"");
     std::fs::write(&config, text).unwrap();
-    let mut daemon = Daemon::start(&config, &dir.path().join("tidegate.log"));
+    let mut daemon = Daemon::start_at_level(&config, &dir.path().join("tidegate.log"), "info");
     wait_until("the daemon to subscribe", Duration::from_secs(20), || {
         daemon.log_text().contains("subscribed to")
     })

@@ -108,7 +108,7 @@ async fn run(devices: u64, dead_percent: u64, interval_ms: u64, seconds: u64) {
     );
     let config = dir.path().join("tidegate.toml");
     std::fs::write(&config, text).unwrap();
-    let mut daemon = Daemon::start(&config, &dir.path().join("tidegate.log"));
+    let mut daemon = Daemon::start_at_level(&config, &dir.path().join("tidegate.log"), "info");
     // Warm-up: connections made, phases spread.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let pid = daemon.pid();

@@ -8,13 +8,49 @@ use serde::{Deserialize, Serialize};
 
 /// One field value. Integers stay integers (a 64-bit counter must not lose digits to a
 /// float); text and booleans are kept as they came.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Value {
     Bool(bool),
     Int(i64),
     Float(f64),
     Text(String),
+}
+
+/// Written by hand rather than `#[serde(untagged)]`, which tries each variant in turn and
+/// builds an error for every miss: this runs for every field of every record an uplink
+/// reads back from the store.
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Value;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number, boolean or string")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+                Ok(Value::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+                Ok(Value::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+                Ok(i64::try_from(v)
+                    .map(Value::Int)
+                    .unwrap_or(Value::Float(v as f64)))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+                Ok(Value::Float(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+                Ok(Value::Text(v.to_string()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Value, E> {
+                Ok(Value::Text(v))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
 }
 
 impl Value {

@@ -24,18 +24,47 @@ pub fn init(level: LevelFilter) -> Sink {
     let sink = *SINK.get_or_init(|| {
         if systemd_journal_logger::connected_to_journal()
             && let Ok(journal) = systemd_journal_logger::JournalLog::new()
-            && journal
-                .with_syslog_identifier("tidegate".into())
-                .install()
-                .is_ok()
+            && log::set_boxed_logger(Box::new(Filtered(
+                journal.with_syslog_identifier("tidegate".into()),
+            )))
+            .is_ok()
         {
             return Sink::Journal;
         }
-        let _ = log::set_boxed_logger(Box::new(StderrLog));
+        let _ = log::set_boxed_logger(Box::new(Filtered(StderrLog)));
         Sink::Stderr
     });
     log::set_max_level(level);
     sink
+}
+
+/// tidegate's own lines at the configured level; the libraries' (a Modbus client logs
+/// every frame at debug) at WARN and above only, so that `debug` stays readable and
+/// cheap.
+struct Filtered<L>(L);
+
+fn wanted(metadata: &Metadata<'_>) -> bool {
+    let level = metadata.level();
+    if level > log::max_level() {
+        return false;
+    }
+    metadata.target().starts_with("tidegate") || level <= log::Level::Warn
+}
+
+impl<L: Log> Log for Filtered<L> {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        wanted(metadata) && self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if wanted(record.metadata()) {
+            self.0.log(record);
+        }
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
 }
 
 struct StderrLog;

@@ -107,16 +107,28 @@ pub async fn run(
             }
         }
         last_commit = tokio::time::Instant::now();
+        // Moved, not cloned, into the append; handed back if it fails, for the retry.
         let samples: Vec<Sample> = pending
-            .iter()
-            .flat_map(|i| i.samples.iter().cloned())
+            .iter_mut()
+            .flat_map(|i| std::mem::take(&mut i.samples))
             .collect();
         let result = if samples.is_empty() {
             Ok(None)
         } else {
             let store = store.clone();
-            match tokio::task::spawn_blocking(move || store.append(&samples, durable)).await {
-                Ok(result) => result.map(Some),
+            let appended = tokio::task::spawn_blocking(move || {
+                let result = store.append(&samples, durable);
+                (samples, result)
+            })
+            .await;
+            match appended {
+                Ok((_, Ok(appended))) => Ok(Some(appended)),
+                Ok((samples, Err(e))) => {
+                    if let Some(first) = pending.first_mut() {
+                        first.samples = samples;
+                    }
+                    Err(e)
+                }
                 Err(join_error) => {
                     log::error!("store writer: append panicked: {join_error}");
                     Err(StoreError::Io(sled::Error::Unsupported(

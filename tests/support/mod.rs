@@ -420,6 +420,11 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(config: &Path, log: &Path) -> Daemon {
+        Daemon::start_at_level(config, log, "debug")
+    }
+
+    /// Benchmarks run at `info`, as a production gateway would.
+    pub fn start_at_level(config: &Path, log: &Path, level: &str) -> Daemon {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -428,7 +433,7 @@ impl Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_tidegate"))
             .args(["run", "-c"])
             .arg(config)
-            .env("TIDEGATE_LOG", "debug")
+            .env("TIDEGATE_LOG", level)
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
