@@ -61,7 +61,7 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
     let uplink_names: Vec<String> = config.uplinks.iter().map(|u| u.name.clone()).collect();
     let store_config = config.store.clone();
     let opened = tokio::task::spawn_blocking(move || {
-        SledStore::open(
+        SledStore::open_or_recover(
             &state_dir,
             &uplink_names,
             store_config.max_bytes,
@@ -69,7 +69,7 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
         )
     })
     .await
-    .map_err(|e| AppError::Setup(format!("store open panicked: {e}")))??;
+    .map_err(|e| AppError::Setup(format!("store open failed: {e}")))??;
     let store: Arc<dyn Store> = Arc::new(opened);
     let backlog = store.stats()?;
     log::info!(

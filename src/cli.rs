@@ -113,6 +113,24 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 pub fn main(cli: Cli) -> u8 {
+    // A panic is one ERROR line in the journal, not a backtrace spread over forty.
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        if log::log_enabled!(log::Level::Error) {
+            log::error!("internal error{location}: {message}");
+        } else {
+            eprintln!("internal error{location}: {message}");
+        }
+    }));
     match cli.command {
         Command::Check => check(&cli.config),
         Command::Run => run(&cli.config),

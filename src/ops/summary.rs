@@ -61,6 +61,12 @@ pub async fn line(stats: &Stats, store: &Arc<dyn Store>, rate: f64) -> String {
                 text.push_str(&format!(" dead-lettered {}", counters.dead_lettered));
             }
         }
+        if s.lost_on_disk > 0 {
+            text.push_str(&format!(
+                "; records lost to disk damage at start {}",
+                s.lost_on_disk
+            ));
+        }
         if s.corrupt_skipped > 0 {
             text.push_str(&format!(
                 "; corrupt records quarantined {}",

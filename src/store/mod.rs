@@ -50,6 +50,8 @@ pub struct StoreStats {
     /// Per uplink: (name, last acknowledged sequence number, records still to send).
     pub cursors: Vec<(String, u64, u64)>,
     pub corrupt_skipped: u64,
+    /// Committed records found missing from the log at start-up (damage on disk).
+    pub lost_on_disk: u64,
 }
 
 pub trait Store: Send + Sync + 'static {
@@ -58,6 +60,9 @@ pub trait Store: Send + Sync + 'static {
     fn append(&self, samples: &[Sample], durable: bool) -> Result<Appended, StoreError>;
     /// Flushes everything appended so far to disk.
     fn flush(&self) -> Result<(), StoreError>;
+    /// Records how far the store has got, outside the store itself (about once a second),
+    /// so that damage to the store can be detected and counted at the next start.
+    fn checkpoint(&self) -> Result<(), StoreError>;
     /// Up to `max` records after the uplink's cursor, in sequence order.
     fn read(&self, uplink: &str, max: usize) -> Result<Vec<Record>, StoreError>;
     /// The last sequence number the uplink has acknowledged.

@@ -22,11 +22,35 @@ use crate::config::FullPolicy;
 use crate::sample::{Record, Sample, now_ms};
 
 const NEXT_SEQ: &[u8] = b"next_seq";
+/// `<state_dir>/watermark`: "<last committed seq> <seq delivered by every uplink>",
+/// rewritten about once a second. It is how a log damaged or lost on disk is noticed and
+/// counted (to within a second of commits), and how numbering continues after it.
+const WATERMARK_FILE: &str = "watermark";
+
+#[derive(Debug, Clone, Copy)]
+struct Watermark {
+    last_seq: u64,
+    delivered_by_all: u64,
+}
+
+fn read_watermark(state_dir: &Path) -> Option<Watermark> {
+    let text = std::fs::read_to_string(state_dir.join(WATERMARK_FILE)).ok()?;
+    let mut parts = text.split_whitespace().map(|p| p.parse::<u64>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(last_seq)), Some(Ok(delivered_by_all))) => Some(Watermark {
+            last_seq,
+            delivered_by_all,
+        }),
+        _ => None,
+    }
+}
 const CURSOR_PREFIX: &str = "cursor/";
 /// sled's page cache. Its default (1 GiB) is sized for servers, not gateways.
 const CACHE_BYTES: u64 = 16 << 20;
 
 pub struct SledStore {
+    /// Outside the sled database, so that it survives the loss of the database itself.
+    watermark_path: std::path::PathBuf,
     db: sled::Db,
     records: sled::Tree,
     meta: sled::Tree,
@@ -40,9 +64,11 @@ pub struct SledStore {
 struct State {
     next_seq: u64,
     live_bytes: u64,
+    live_records: u64,
     cursors: BTreeMap<String, u64>,
     evicted_total: u64,
     corrupt_skipped: u64,
+    lost_on_disk: u64,
 }
 
 fn key(seq: u64) -> [u8; 8] {
@@ -109,14 +135,22 @@ impl SledStore {
         let quarantine = db.open_tree("quarantine")?;
 
         let mut live_bytes = 0;
+        let mut live_records = 0;
         for item in records.iter() {
             let (_, value) = item?;
             live_bytes += entry_bytes(value.len());
+            live_records += 1;
         }
         let last_key = records.last()?.map(|(k, _)| seq_of(&k));
         let first_key = records.first()?.map(|(k, _)| seq_of(&k));
         let stored_next = meta.get(NEXT_SEQ)?.map(|v| seq_of(&v)).unwrap_or(1);
-        let next_seq = stored_next.max(last_key.map_or(1, |k| k + 1)).max(1);
+        let watermark = read_watermark(state_dir);
+        // Never reuse a sequence number, even after the log was lost: backends deduplicate
+        // on (gateway, seq).
+        let next_seq = stored_next
+            .max(last_key.map_or(1, |k| k + 1))
+            .max(watermark.map_or(1, |w| w.last_seq + 1))
+            .max(1);
 
         let mut cursors = BTreeMap::new();
         for item in meta.scan_prefix(CURSOR_PREFIX) {
@@ -131,12 +165,14 @@ impl SledStore {
                 meta.remove(&k)?;
             }
         }
+        let delivered_by_all_on_disk = cursors.values().copied().min().unwrap_or(0);
         for name in uplinks {
             cursors
                 .entry(name.clone())
                 .or_insert_with(|| first_key.map_or(next_seq - 1, |f| f - 1));
         }
         let store = SledStore {
+            watermark_path: state_dir.join(WATERMARK_FILE),
             db,
             records,
             meta,
@@ -147,9 +183,11 @@ impl SledStore {
             state: Mutex::new(State {
                 next_seq,
                 live_bytes,
+                live_records,
                 cursors,
                 evicted_total: 0,
                 corrupt_skipped: 0,
+                lost_on_disk: 0,
             }),
         };
         {
@@ -160,8 +198,68 @@ impl SledStore {
                     .insert(format!("{CURSOR_PREFIX}{name}"), &key(seq))?;
             }
             store.collect_garbage(&mut state)?;
+            // Records leave only from the head; a tail shorter than the highest sequence
+            // number ever committed means the disk lost some (a torn or damaged log).
+            let newest_delivered =
+                delivered_by_all_on_disk.max(watermark.map_or(0, |w| w.delivered_by_all));
+            let newest_present = last_key.unwrap_or(0).max(newest_delivered);
+            let newest_committed = (stored_next - 1).max(watermark.map_or(0, |w| w.last_seq));
+            let lost = newest_committed.saturating_sub(newest_present);
+            if lost > 0 {
+                log::error!(
+                    "store: {lost} committed records (sequence {}..={}) are missing from the log on disk \
+                     (damaged or truncated); they cannot be sent",
+                    newest_present + 1,
+                    newest_committed
+                );
+                state.lost_on_disk = lost;
+            }
         }
         Ok(store)
+    }
+
+    /// Opens the store; if it is damaged beyond what sled can open (it reports corruption,
+    /// or panics while recovering its log), moves it aside to `store.damaged-<unix time>`
+    /// for a person to look at, logs an ERROR, and starts with an empty store. A damaged
+    /// disk must not keep the gateway from running: a crash loop would lose the data
+    /// that is still arriving.
+    pub fn open_or_recover(
+        state_dir: &Path,
+        uplinks: &[String],
+        max_bytes: u64,
+        policy: FullPolicy,
+    ) -> Result<Self, StoreError> {
+        let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            SledStore::open(state_dir, uplinks, max_bytes, policy)
+        }));
+        let reason = match attempt {
+            Ok(Ok(store)) => return Ok(store),
+            Ok(Err(StoreError::Open {
+                source: source @ (sled::Error::Corruption { .. } | sled::Error::ReportableBug(_)),
+                ..
+            }))
+            | Ok(Err(StoreError::Io(
+                source @ (sled::Error::Corruption { .. } | sled::Error::ReportableBug(_)),
+            ))) => source.to_string(),
+            Ok(Err(other)) => return Err(other),
+            Err(panic) => panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panic while opening".into()),
+        };
+        let damaged = state_dir.join(format!("store.damaged-{}", now_ms() / 1000));
+        log::error!(
+            "store in {} is damaged and cannot be opened ({reason}); moved to {} and starting with an empty store. \
+             The records in it are not sent.",
+            state_dir.join("store").display(),
+            damaged.display()
+        );
+        std::fs::rename(state_dir.join("store"), &damaged).map_err(|e| StoreError::Open {
+            path: state_dir.join("store").display().to_string(),
+            source: sled::Error::Io(e),
+        })?;
+        SledStore::open(state_dir, uplinks, max_bytes, policy)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -176,16 +274,17 @@ impl SledStore {
         };
         let mut batch = sled::Batch::default();
         let mut freed = 0;
-        let mut any = false;
+        let mut removed = 0;
         for item in self.records.range(..=key(min_cursor)) {
             let (k, v) = item?;
             freed += entry_bytes(v.len());
             batch.remove(k);
-            any = true;
+            removed += 1;
         }
-        if any {
+        if removed > 0 {
             self.records.apply_batch(batch)?;
             state.live_bytes = state.live_bytes.saturating_sub(freed);
+            state.live_records = state.live_records.saturating_sub(removed);
         }
         Ok(())
     }
@@ -213,6 +312,7 @@ impl SledStore {
         if self.records.remove(k)?.is_some() {
             let mut state = self.lock();
             state.live_bytes = state.live_bytes.saturating_sub(entry_bytes(value.len()));
+            state.live_records = state.live_records.saturating_sub(1);
             state.corrupt_skipped += 1;
         }
         Ok(())
@@ -242,10 +342,12 @@ impl Store for SledStore {
                             Some((_, v)) => {
                                 state.live_bytes =
                                     state.live_bytes.saturating_sub(entry_bytes(v.len()));
+                                state.live_records = state.live_records.saturating_sub(1);
                                 evicted += 1;
                             }
                             None => {
                                 state.live_bytes = 0;
+                                state.live_records = 0;
                             }
                         }
                     }
@@ -262,6 +364,7 @@ impl Store for SledStore {
         self.meta.insert(NEXT_SEQ, &key(next_seq))?;
         state.next_seq = next_seq;
         state.live_bytes += incoming;
+        state.live_records += samples.len() as u64;
         state.evicted_total += evicted;
         drop(state);
         if durable {
@@ -277,6 +380,29 @@ impl Store for SledStore {
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
+    }
+
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        let (last_seq, delivered_by_all) = {
+            let state = self.lock();
+            (
+                state.next_seq - 1,
+                state.cursors.values().copied().min().unwrap_or(0),
+            )
+        };
+        // Written only once the records it counts are flushed, and replaced atomically.
+        self.db.flush()?;
+        let tmp = self.watermark_path.with_extension("tmp");
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(
+                &mut file,
+                format!("{last_seq} {delivered_by_all}\n").as_bytes(),
+            )?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &self.watermark_path)
+        };
+        write().map_err(|e| StoreError::Io(sled::Error::Io(e)))
     }
 
     fn read(&self, uplink: &str, max: usize) -> Result<Vec<Record>, StoreError> {
@@ -364,11 +490,12 @@ impl Store for SledStore {
         let state = self.lock();
         let first_seq = self.records.first()?.map(|(k, _)| seq_of(&k));
         let last_seq = state.next_seq - 1;
-        let records = first_seq.map_or(0, |f| last_seq + 1 - f);
+        let records = state.live_records;
         let mut cursors = Vec::new();
         for (name, cursor) in &state.cursors {
+            // Exact unless records were quarantined in between (then an upper bound).
             let pending = match first_seq {
-                Some(f) => last_seq.saturating_sub((*cursor).max(f - 1)),
+                Some(f) => last_seq.saturating_sub((*cursor).max(f - 1)).min(records),
                 None => 0,
             };
             cursors.push((name.clone(), *cursor, pending));
@@ -382,6 +509,7 @@ impl Store for SledStore {
             dead_letters: self.dead.len() as u64,
             cursors,
             corrupt_skipped: state.corrupt_skipped,
+            lost_on_disk: state.lost_on_disk,
         })
     }
 }

@@ -40,6 +40,9 @@ impl Ingest {
 /// flush rate (and flash wear) at 200 per second and adds at most this much latency.
 pub const MIN_COMMIT_SPACING: Duration = Duration::from_millis(5);
 
+/// How often the store's watermark is brought up to date while records arrive.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
 pub struct WriterSettings {
     pub durability: Durability,
     pub flush_interval: Duration,
@@ -61,6 +64,8 @@ pub async fn run(
     let mut unflushed = false;
     let mut pending: Vec<Ingest> = Vec::new();
     let mut last_commit = tokio::time::Instant::now() - MIN_COMMIT_SPACING;
+    let mut checkpoint_due = tokio::time::Instant::now() + CHECKPOINT_INTERVAL;
+    let mut uncheckpointed = false;
     loop {
         if pending.is_empty() {
             tokio::select! {
@@ -72,6 +77,12 @@ pub async fn run(
                     if flush(&store).await.is_ok() {
                         unflushed = false;
                     }
+                    continue;
+                }
+                _ = tokio::time::sleep_until(checkpoint_due), if uncheckpointed => {
+                    checkpoint(&store).await;
+                    uncheckpointed = false;
+                    checkpoint_due = tokio::time::Instant::now() + CHECKPOINT_INTERVAL;
                     continue;
                 }
             }
@@ -150,6 +161,12 @@ pub async fn run(
                     }
                     committed_seq.send_replace(appended.last_seq);
                     unflushed = !durable;
+                    uncheckpointed = true;
+                    if tokio::time::Instant::now() >= checkpoint_due {
+                        checkpoint(&store).await;
+                        uncheckpointed = false;
+                        checkpoint_due = tokio::time::Instant::now() + CHECKPOINT_INTERVAL;
+                    }
                 }
                 for item in pending.drain(..) {
                     if let Some(on_commit) = item.on_commit {
@@ -170,8 +187,16 @@ pub async fn run(
             }
         }
     }
-    if let Err(e) = flush(&store).await {
-        log::error!("store: final flush failed: {e}");
+    // Flushes too.
+    checkpoint(&store).await;
+}
+
+async fn checkpoint(store: &Arc<dyn Store>) {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || store.checkpoint()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::error!("store: cannot write the watermark: {e}"),
+        Err(e) => log::error!("store: watermark task failed: {e}"),
     }
 }
 

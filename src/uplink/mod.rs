@@ -140,7 +140,7 @@ pub async fn run<S: Sink>(
                     Ok(records) => records,
                     Err(e) => {
                         log::error!("uplink {name}: cannot read the store: {e}");
-                        sleep_or_shutdown(Duration::from_secs(1), &shutdown).await;
+                        sleep_or_shutdown(Duration::from_secs(1), &shutdown, &drain).await;
                         continue;
                     }
                 }
@@ -196,7 +196,12 @@ pub async fn run<S: Sink>(
                     "uplink {name}: batch {first}..={last} not delivered ({reason}); retry in {delay:?}"
                 );
                 batch = Some(records);
-                sleep_or_shutdown(delay, &shutdown).await;
+                // While draining for shutdown, a backend that is failing will not be
+                // waited for: the batch stays in the store.
+                if drain.is_cancelled() {
+                    break;
+                }
+                sleep_or_shutdown(delay, &shutdown, &drain).await;
             }
             Delivery::Refused { reason } => {
                 let delay = backoff.next_delay();
@@ -206,7 +211,12 @@ pub async fn run<S: Sink>(
                 });
                 state.transition(&name, UplinkState::Refused, &reason);
                 batch = Some(records);
-                sleep_or_shutdown(delay, &shutdown).await;
+                // While draining for shutdown, a backend that is failing will not be
+                // waited for: the batch stays in the store.
+                if drain.is_cancelled() {
+                    break;
+                }
+                sleep_or_shutdown(delay, &shutdown, &drain).await;
             }
             Delivery::TooLarge { reason } if records.len() > 1 => {
                 max_records = (records.len() / 2).max(1);
@@ -231,7 +241,7 @@ pub async fn run<S: Sink>(
                     log::error!(
                         "uplink {name}: cannot set the rejected batch aside: {e}; retrying it"
                     );
-                    sleep_or_shutdown(backoff.next_delay(), &shutdown).await;
+                    sleep_or_shutdown(backoff.next_delay(), &shutdown, &drain).await;
                     continue;
                 }
                 cursor = last;
@@ -267,10 +277,15 @@ impl UplinkState {
     }
 }
 
-async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) {
+async fn sleep_or_shutdown(
+    delay: Duration,
+    shutdown: &CancellationToken,
+    drain: &CancellationToken,
+) {
     tokio::select! {
         _ = tokio::time::sleep(delay) => {}
         _ = shutdown.cancelled() => {}
+        _ = drain.cancelled() => {}
     }
 }
 
