@@ -143,9 +143,23 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
     }
 
     let (ingest_tx, ingest_rx) = mpsc::channel::<Ingest>(INGEST_QUEUE);
+    // With models, the enrichment stage sits between the sources and the writer.
+    let (writer_rx, pipeline_task) = if config.models.is_empty() {
+        (ingest_rx, None)
+    } else {
+        let bindings = load_bindings(&config.models, &stats).await;
+        let (enriched_tx, enriched_rx) = mpsc::channel::<Ingest>(INGEST_QUEUE);
+        let task = tokio::spawn(crate::pipeline::stage::run(
+            bindings,
+            ingest_rx,
+            enriched_tx,
+            stats.clone(),
+        ));
+        (enriched_rx, Some(task))
+    };
     let writer_task = tokio::spawn(writer::run(
         store.clone(),
-        ingest_rx,
+        writer_rx,
         WriterSettings {
             durability: config.store.durability,
             flush_interval: config.store.flush_interval,
@@ -210,6 +224,13 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
             log::warn!("a source did not stop within {SOURCE_STOP_GRACE:?}");
         }
     }
+    if let Some(task) = pipeline_task
+        && tokio::time::timeout(WRITER_DRAIN_GRACE, task)
+            .await
+            .is_err()
+    {
+        log::error!("the inference stage did not finish within {WRITER_DRAIN_GRACE:?}");
+    }
     match tokio::time::timeout(WRITER_DRAIN_GRACE, writer_task).await {
         Ok(_) => {}
         Err(_) => log::error!(
@@ -244,6 +265,67 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
         log::debug!("store flushed at shutdown");
     }
     Ok(stats)
+}
+
+/// Loads every model binding. A model that cannot be loaded is logged as an ERROR and its
+/// devices go unscored: the data itself keeps flowing.
+pub async fn load_bindings(
+    configs: &[crate::config::ModelBindingConfig],
+    stats: &Stats,
+) -> Vec<crate::pipeline::stage::Binding> {
+    let mut bindings = Vec::new();
+    for config in configs {
+        let (path, overrides, name) = (
+            config.path.clone(),
+            config.overrides.clone(),
+            config.name.clone(),
+        );
+        let loaded = tokio::task::spawn_blocking(move || {
+            crate::pipeline::model::load(&path, &overrides, &name)
+        })
+        .await;
+        let model = match loaded {
+            Ok(Ok(model)) => {
+                let c = &model.contract;
+                log::info!(
+                    "model {}: {} {} loaded in {} ms: window {} × ({}), threshold {:.4}, devices {}",
+                    config.name,
+                    c.name,
+                    c.version,
+                    model.load_time.as_millis(),
+                    c.window,
+                    c.channels.join(", "),
+                    c.threshold,
+                    config.devices.join(", ")
+                );
+                Some(Arc::new(model))
+            }
+            Ok(Err(e)) => {
+                Stats::add(&stats.inference_failures, 1);
+                log::error!(
+                    "model {}: {e}; its devices are not scored, their data still flows",
+                    config.name
+                );
+                None
+            }
+            Err(e) => {
+                Stats::add(&stats.inference_failures, 1);
+                log::error!(
+                    "model {}: loading failed: {e}; its devices are not scored",
+                    config.name
+                );
+                None
+            }
+        };
+        bindings.push(crate::pipeline::stage::Binding::new(
+            config.name.clone(),
+            config.devices.clone(),
+            config.stride,
+            config.bad_values,
+            model,
+        ));
+    }
+    bindings
 }
 
 async fn wait_for_stop(limits: RunLimits) -> Result<(), AppError> {

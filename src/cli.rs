@@ -39,8 +39,14 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway daemon.
     Run,
-    /// Validate the config and print the resolved plan. Exits 78 on a config error.
-    Check,
+    /// Validate the config (and load every model) and print the resolved plan. Exits 78 on
+    /// a config or model error.
+    Check {
+        /// Do not load the models (the service's pre-start check uses this, so that a bad
+        /// model cannot keep the gateway from buffering data).
+        #[arg(long)]
+        skip_models: bool,
+    },
     /// Run a simulated plant through the real pipeline: no broker or backend needed.
     Demo {
         /// Stop after this long (e.g. "30s"). Default: run until Ctrl-C.
@@ -132,7 +138,7 @@ pub fn main(cli: Cli) -> u8 {
         }
     }));
     match cli.command {
-        Command::Check => check(&cli.config),
+        Command::Check { skip_models } => check(&cli.config, skip_models),
         Command::Run => run(&cli.config),
         Command::Demo {
             duration,
@@ -244,10 +250,44 @@ fn probe_modbus(args: ProbeModbus) -> u8 {
     }
 }
 
-fn check(path: &std::path::Path) -> u8 {
+fn check(path: &std::path::Path, skip_models: bool) -> u8 {
     match config::load(path, &SystemEnvironment) {
         Ok(config) => {
             print!("{}", config.describe());
+            let mut failed = false;
+            if !skip_models {
+                for binding in &config.models {
+                    match crate::pipeline::model::load(
+                        &binding.path,
+                        &binding.overrides,
+                        &binding.name,
+                    ) {
+                        Ok(model) => {
+                            let c = &model.contract;
+                            println!(
+                                "model \"{}\": {} {}, input {} = window {} × {} channels ({}), threshold {}, score {:?}, loaded in {} ms",
+                                binding.name,
+                                c.name,
+                                c.version,
+                                model.input_shape,
+                                c.window,
+                                c.channels.len(),
+                                c.channels.join(", "),
+                                c.threshold,
+                                c.score,
+                                model.load_time.as_millis()
+                            );
+                        }
+                        Err(e) => {
+                            eprintln!("model \"{}\": {e}", binding.name);
+                            failed = true;
+                        }
+                    }
+                }
+            }
+            if failed {
+                return exit::CONFIG;
+            }
             println!("config OK");
             exit::OK
         }
@@ -309,6 +349,8 @@ fn run_daemon(config: config::Config, limits: RunLimits) -> u8 {
 
 /// The config `tidegate demo` runs on.
 pub const DEMO_CONFIG: &str = include_str!("../config/examples/demo.toml");
+/// The bundled reference model, so that the demo runs from anywhere.
+pub const DEMO_MODEL: &[u8] = include_bytes!("../models/pump-demo.onnx");
 
 /// The embedded demo config, pointed at the simulated plant on `port`, with `devices`
 /// pumps polled every `interval`, its store in `state_dir` and an NDJSON copy in `out`.
@@ -346,6 +388,11 @@ pub fn demo_config(
         .as_table_mut()
         .expect("a table")
         .insert("state_dir".into(), state_dir.display().to_string().into());
+    let model_path = state_dir.join("pump-demo.onnx");
+    table["models"][0]
+        .as_table_mut()
+        .expect("a table")
+        .insert("path".into(), model_path.display().to_string().into());
     let mut file = toml::Table::new();
     file.insert("name".into(), "ndjson".into());
     file.insert("path".into(), out.display().to_string().into());
@@ -377,6 +424,10 @@ fn demo(duration: Option<Duration>, devices: usize, interval: Duration, out: Pat
                 return exit::FAILURE;
             }
         };
+                if let Err(e) = std::fs::create_dir_all(&state_dir).and_then(|()| std::fs::write(state_dir.join("pump-demo.onnx"), DEMO_MODEL)) {
+            log::error!("cannot prepare {}: {e}", state_dir.display());
+            return exit::FAILURE;
+        }
         let config = match demo_config(address.port(), devices, interval, &state_dir, &out) {
             Ok(config) => config,
             Err(e) => {

@@ -38,6 +38,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod ops;
+pub mod pipeline;
 pub mod sample;
 pub mod sources;
 pub mod store;

@@ -68,6 +68,7 @@ pub struct Config {
     pub mqtt_sources: Vec<MqttSourceConfig>,
     pub simulated_sources: Vec<SimulatedSourceConfig>,
     pub modbus_sources: Vec<ModbusSourceConfig>,
+    pub models: Vec<ModelBindingConfig>,
     pub uplinks: Vec<UplinkConfig>,
     /// The files this config was read from, in merge order.
     pub files: Vec<PathBuf>,
@@ -123,6 +124,17 @@ pub struct MqttSourceConfig {
     pub reconnect: BackoffConfig,
     pub inflight: u16,
     pub subscriptions: Vec<SubscriptionConfig>,
+}
+
+/// A model binding: which model scores which devices.
+#[derive(Clone, Debug)]
+pub struct ModelBindingConfig {
+    pub name: String,
+    pub path: PathBuf,
+    pub devices: Vec<String>,
+    pub stride: usize,
+    pub bad_values: crate::pipeline::window::BadValues,
+    pub overrides: crate::pipeline::contract::Overrides,
 }
 
 /// A Modbus TCP endpoint or serial line, with its devices.
@@ -350,6 +362,21 @@ impl Config {
                 sim.name,
                 sim.devices,
                 fmt_duration(sim.interval)
+            );
+        }
+        for m in &self.models {
+            let _ = writeln!(
+                out,
+                "model \"{}\": {} for devices {}, scoring {}, bad values: {:?}",
+                m.name,
+                m.path.display(),
+                m.devices.join(", "),
+                if m.stride == 1 {
+                    "every window".to_string()
+                } else {
+                    format!("one window in {}", m.stride)
+                },
+                m.bad_values
             );
         }
         for u in &self.uplinks {

@@ -564,3 +564,37 @@ fn default_data_bits() -> u8 {
 fn default_stop_bits() -> u8 {
     1
 }
+
+/// `[[models]]`: an ONNX model and the devices it scores.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    /// Name of the binding (logs, `check`).
+    pub name: String,
+    /// The ONNX file. Relative paths are taken from this config file's directory.
+    pub path: PathBuf,
+    /// Device names or patterns (`*` any run of characters, `?` one). Default: all.
+    #[serde(default = "all_devices")]
+    pub devices: Vec<String>,
+    /// Score every `stride`-th window. Default 1 (every sample once the window is full).
+    #[serde(default = "one_usize")]
+    pub stride: usize,
+    /// skip (default) | hold | reset: what a sample with a bad or missing channel does.
+    #[serde(default)]
+    pub bad_values: crate::pipeline::window::BadValues,
+    /// Overrides of the model's own contract (its ONNX metadata).
+    pub channels: Option<Vec<String>>,
+    pub window: Option<usize>,
+    pub mean: Option<Vec<f64>>,
+    pub std: Option<Vec<f64>>,
+    pub threshold: Option<f64>,
+    /// "output:<name>" or "reconstruction_mse:<name>".
+    pub score: Option<String>,
+}
+
+fn all_devices() -> Vec<String> {
+    vec!["*".to_string()]
+}
+fn one_usize() -> usize {
+    1
+}

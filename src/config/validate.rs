@@ -184,7 +184,7 @@ impl Checker<'_> {
 
     /// Relative paths are taken from the directory of the file that wrote them, not from
     /// wherever the daemon happens to be started.
-    fn resolve(&self, key_path: &str, path: &Path) -> PathBuf {
+    pub(super) fn resolve(&self, key_path: &str, path: &Path) -> PathBuf {
         if path.is_absolute() {
             return path.to_path_buf();
         }
@@ -323,7 +323,9 @@ pub fn validate(doc: &ConfigDocument, env: &dyn Environment) -> Result<Config, V
     c.table_keys(
         &root,
         "",
-        &["gateway", "log", "store", "sources", "profiles", "uplinks"],
+        &[
+            "gateway", "log", "store", "sources", "profiles", "models", "uplinks",
+        ],
     );
     let empty = Value::Table(Default::default());
     let get = |key: &str| doc.merged.get(key).unwrap_or(&empty);
@@ -433,6 +435,16 @@ pub fn validate(doc: &ConfigDocument, env: &dyn Environment) -> Result<Config, V
     let mut device_names = HashSet::new();
     let modbus_sources = super::modbus::sources(&mut c, &mut source_names, &mut device_names);
 
+    let mut models = Vec::new();
+    let mut model_names = HashSet::new();
+    if let Some(list) = doc.merged.get("models") {
+        for (path, item) in c.array_items(list, "models") {
+            if let Some(raw) = c.section::<RawModel>(item, &path) {
+                models.push(model_binding(&mut c, &path, raw, &mut model_names));
+            }
+        }
+    }
+
     let mut uplinks = Vec::new();
     let mut uplink_names = HashSet::new();
     if let Some(section) = doc.merged.get("uplinks") {
@@ -531,9 +543,92 @@ pub fn validate(doc: &ConfigDocument, env: &dyn Environment) -> Result<Config, V
         mqtt_sources,
         simulated_sources,
         modbus_sources,
+        models,
         uplinks,
         files: doc.file_paths().map(Path::to_path_buf).collect(),
     })
+}
+
+fn model_binding(
+    c: &mut Checker<'_>,
+    path: &str,
+    raw: RawModel,
+    names: &mut HashSet<String>,
+) -> ModelBindingConfig {
+    c.name(&join_key(path, "name"), &raw.name, names);
+    // Whether the file exists and fits is for the model loader to say: `check` fails on
+    // it, while `run` logs it and keeps the data flowing unscored.
+    let model_path = c.resolve(&join_key(path, "path"), &raw.path);
+    if raw.devices.is_empty() || raw.devices.iter().any(|d| d.is_empty()) {
+        c.error(
+            &join_key(path, "devices"),
+            "give device names or patterns such as \"pump-*\"",
+        );
+    }
+    c.range_usize(&join_key(path, "stride"), raw.stride, 1, 10_000);
+    if let Some(window) = raw.window {
+        c.range_usize(&join_key(path, "window"), window, 1, 10_000);
+    }
+    if let Some(channels) = &raw.channels {
+        let unique: HashSet<&String> = channels.iter().collect();
+        if channels.is_empty() || unique.len() != channels.len() {
+            c.error(
+                &join_key(path, "channels"),
+                "give each channel once, in the model's order",
+            );
+        }
+        for (key, values) in [("mean", &raw.mean), ("std", &raw.std)] {
+            if let Some(values) = values
+                && values.len() != channels.len()
+            {
+                c.error(
+                    &join_key(path, key),
+                    format!("{} values for {} channels", values.len(), channels.len()),
+                );
+            }
+        }
+    }
+    if let Some(std) = &raw.std
+        && std.iter().any(|s| !s.is_finite() || *s <= 0.0)
+    {
+        c.error(
+            &join_key(path, "std"),
+            "every std must be a positive number",
+        );
+    }
+    if let Some(mean) = &raw.mean
+        && mean.iter().any(|m| !m.is_finite())
+    {
+        c.error(
+            &join_key(path, "mean"),
+            "every mean must be a finite number",
+        );
+    }
+    if let Some(threshold) = raw.threshold
+        && !threshold.is_finite()
+    {
+        c.error(&join_key(path, "threshold"), "must be a finite number");
+    }
+    if let Some(score) = &raw.score
+        && let Err(e) = crate::pipeline::contract::parse_score(score)
+    {
+        c.error(&join_key(path, "score"), e);
+    }
+    ModelBindingConfig {
+        name: raw.name,
+        path: model_path,
+        devices: raw.devices,
+        stride: raw.stride,
+        bad_values: raw.bad_values,
+        overrides: crate::pipeline::contract::Overrides {
+            channels: raw.channels,
+            window: raw.window,
+            mean: raw.mean,
+            std: raw.std,
+            threshold: raw.threshold,
+            score: raw.score,
+        },
+    }
 }
 
 fn batching(c: &mut Checker<'_>, path: &str, max_records: usize, linger: Duration) -> Batching {

@@ -22,6 +22,13 @@ pub struct Stats {
     /// Commits that failed and were retried.
     pub store_errors: AtomicU64,
     pub decode_errors: AtomicU64,
+    /// Windows scored, model runs, runs that failed (the binding is then switched off),
+    /// samples left unscored because of bad values, anomaly start events.
+    pub inference_windows: AtomicU64,
+    pub inference_batches: AtomicU64,
+    pub inference_failures: AtomicU64,
+    pub inference_skipped: AtomicU64,
+    pub anomaly_events: AtomicU64,
     /// Modbus device polls attempted, and those in which no value could be read.
     pub modbus_polls: AtomicU64,
     pub modbus_failed_polls: AtomicU64,

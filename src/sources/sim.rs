@@ -32,14 +32,16 @@ pub struct Pump {
 
 impl Pump {
     pub fn new(index: usize, rng: &mut fastrand::Rng) -> Self {
+        let base_flow = 30.0 + 10.0 * rng.f64();
         Pump {
             name: format!("pump-{}", index + 1),
             phase: rng.f64() * std::f64::consts::TAU,
-            base_flow: 30.0 + 10.0 * rng.f64(),
+            base_flow,
             step: 0,
             flow_m3h: 30.0,
             pressure_bar: 5.0,
-            temperature_c: 45.0 + 5.0 * rng.f64(),
+            // Start warm, at the running temperature, not in a warm-up transient.
+            temperature_c: 48.0 + 0.1 * base_flow,
             vibration_mm_s: 2.0,
             rpm: 1480,
             current_a: 12.0,

@@ -159,7 +159,7 @@ pub fn decode_registers(words: &[u16], decoding: &Decoding) -> Result<Value, Dec
         DataType::I64 => Raw::Int(i128::from(i64::from_be_bytes(
             bytes[..8].try_into().expect("8 bytes"),
         ))),
-        DataType::F32 => Raw::Float(f64::from(f32::from_be_bytes(
+        DataType::F32 => Raw::Float(f32_as_decimal(f32::from_be_bytes(
             bytes[..4].try_into().expect("4 bytes"),
         ))),
         DataType::F64 => Raw::Float(f64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"))),
@@ -186,6 +186,15 @@ pub fn decode_registers(words: &[u16], decoding: &Decoding) -> Result<Value, Dec
         Raw::Int(i) => finite(i as f64 * decoding.scale + decoding.offset),
         Raw::Float(f) => finite(f * decoding.scale + decoding.offset),
     }
+}
+
+/// A 32-bit float as the f64 nearest its shortest decimal form: a meter's 21.7 stays 21.7
+/// rather than becoming 21.700000762939453 on the way to the backend.
+fn f32_as_decimal(value: f32) -> f64 {
+    if !value.is_finite() {
+        return f64::from(value);
+    }
+    value.to_string().parse().unwrap_or(f64::from(value))
 }
 
 enum Raw {
@@ -342,7 +351,7 @@ mod tests {
             prop_assert_eq!(decode_registers(&words, &dec(DataType::I32, o)).unwrap(), Value::Int(i64::from(x as i32)));
             let f = f32::from_bits(x);
             match decode_registers(&words, &dec(DataType::F32, o)) {
-                Ok(Value::Float(v)) => prop_assert_eq!(v, f64::from(f)),
+                Ok(Value::Float(v)) => prop_assert_eq!(v as f32, f),
                 Err(DecodeError::NotFinite) => prop_assert!(!f.is_finite()),
                 other => prop_assert!(false, "{:?}", other),
             }

@@ -1,0 +1,286 @@
+//! The enrichment stage between the sources and the store writer. It takes what the
+//! sources sent (in order), feeds each sample to its device's window, scores the windows
+//! that are ready — batched across devices, off the async threads — attaches the verdict
+//! to the sample, adds an event record when a device goes into or out of the anomalous
+//! state, and passes everything on in the same order (MQTT acknowledgements depend on it).
+//!
+//! A model that fails, or takes longer than its deadline, is switched off with an ERROR:
+//! samples keep flowing unscored. Nothing here waits on anything but the writer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::glob;
+use super::model::LoadedModel;
+use super::window::{BadValues, DeviceWindow, Pushed};
+use crate::ops::Stats;
+use crate::sample::{Anomaly, Sample, Value};
+use crate::store::writer::Ingest;
+
+/// Samples gathered into one pass (and at most one model run per binding).
+const MAX_BATCH_SAMPLES: usize = 1024;
+/// A model run taking longer than this switches the binding off.
+const INFERENCE_DEADLINE: Duration = Duration::from_secs(2);
+/// Most devices one binding keeps windows for; more are passed on unscored (memory bound).
+const MAX_DEVICES_PER_BINDING: usize = 10_000;
+
+/// Where event records come from.
+pub const EVENT_SOURCE: &str = "tidegate";
+
+pub struct Binding {
+    pub name: String,
+    pub devices: Vec<String>,
+    pub stride: usize,
+    pub bad_values: BadValues,
+    /// `None` once the model is switched off (or never loaded).
+    pub model: Option<Arc<LoadedModel>>,
+    windows: HashMap<String, DeviceWindow>,
+    episodes: HashMap<String, Episode>,
+    warned_full: bool,
+}
+
+/// An anomaly in progress on one device.
+struct Episode {
+    start_ts: i64,
+    peak: f64,
+}
+
+impl Binding {
+    pub fn new(
+        name: String,
+        devices: Vec<String>,
+        stride: usize,
+        bad_values: BadValues,
+        model: Option<Arc<LoadedModel>>,
+    ) -> Self {
+        Binding {
+            name,
+            devices,
+            stride: stride.max(1),
+            bad_values,
+            model,
+            windows: HashMap::new(),
+            episodes: HashMap::new(),
+            warned_full: false,
+        }
+    }
+
+    fn covers(&self, device: &str) -> bool {
+        self.devices
+            .iter()
+            .any(|pattern| glob::matches(pattern, device))
+    }
+}
+
+/// Where one window to score came from: (ingest index, sample index).
+type Origin = (usize, usize);
+
+pub async fn run(
+    mut bindings: Vec<Binding>,
+    mut rx: mpsc::Receiver<Ingest>,
+    tx: mpsc::Sender<Ingest>,
+    stats: Arc<Stats>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut items = vec![first];
+        let mut count = items[0].samples.len();
+        while count < MAX_BATCH_SAMPLES {
+            match rx.try_recv() {
+                Ok(item) => {
+                    count += item.samples.len();
+                    items.push(item);
+                }
+                Err(_) => break,
+            }
+        }
+
+        // Windows: which samples get a score, and their windows, per binding.
+        let mut wanted: Vec<(Vec<Origin>, Vec<f32>)> =
+            vec![(Vec::new(), Vec::new()); bindings.len()];
+        for (ii, item) in items.iter().enumerate() {
+            for (si, sample) in item.samples.iter().enumerate() {
+                let Some(bi) = bindings.iter().position(|b| b.covers(&sample.device)) else {
+                    continue;
+                };
+                let binding = &mut bindings[bi];
+                let Some(model) = &binding.model else {
+                    continue;
+                };
+                let contract = &model.contract;
+                if !binding.windows.contains_key(&sample.device)
+                    && binding.windows.len() >= MAX_DEVICES_PER_BINDING
+                {
+                    if !binding.warned_full {
+                        log::warn!(
+                            "model {}: tracking {MAX_DEVICES_PER_BINDING} devices already; further devices are not scored",
+                            binding.name
+                        );
+                        binding.warned_full = true;
+                    }
+                    continue;
+                }
+                let window = binding
+                    .windows
+                    .entry(sample.device.clone())
+                    .or_insert_with(|| DeviceWindow::new(contract.channels.len(), contract.window));
+                match window.push(
+                    sample,
+                    &contract.channels,
+                    contract.window,
+                    binding.stride,
+                    binding.bad_values,
+                ) {
+                    Pushed::Added { ready: true } => {
+                        let (origins, data) = &mut wanted[bi];
+                        origins.push((ii, si));
+                        window.flatten_into(data);
+                    }
+                    Pushed::Added { ready: false } => {}
+                    Pushed::Skipped(_) | Pushed::Reset(_) => {
+                        Stats::add(&stats.inference_skipped, 1)
+                    }
+                }
+            }
+        }
+
+        // Scores, one model run per binding, off the async threads.
+        let mut verdicts: HashMap<Origin, (usize, f32)> = HashMap::new();
+        for (bi, (origins, mut data)) in wanted.into_iter().enumerate() {
+            if origins.is_empty() {
+                continue;
+            }
+            let Some(model) = bindings[bi].model.clone() else {
+                continue;
+            };
+            let count = origins.len();
+            let run = tokio::task::spawn_blocking(move || {
+                model.normalise(&mut data);
+                model.score(&data, count)
+            });
+            let failure = match tokio::time::timeout(INFERENCE_DEADLINE, run).await {
+                Ok(Ok(Ok(scores))) if scores.iter().all(|s| s.is_finite()) => {
+                    Stats::add(&stats.inference_windows, count as u64);
+                    Stats::add(&stats.inference_batches, 1);
+                    for (origin, score) in origins.into_iter().zip(scores) {
+                        verdicts.insert(origin, (bi, score));
+                    }
+                    None
+                }
+                Ok(Ok(Ok(_))) => {
+                    Some("the model returned a score that is not a finite number".to_string())
+                }
+                Ok(Ok(Err(e))) => Some(e.to_string()),
+                Ok(Err(e)) => Some(format!("the model run panicked: {e}")),
+                Err(_) => Some(format!("a run took longer than {INFERENCE_DEADLINE:?}")),
+            };
+            if let Some(reason) = failure {
+                Stats::add(&stats.inference_failures, 1);
+                log::error!(
+                    "model {}: {reason}; scoring switched off for this binding, raw data keeps flowing",
+                    bindings[bi].name
+                );
+                bindings[bi].model = None;
+            }
+        }
+
+        // Verdicts onto the samples, events after them, everything on in order.
+        for (ii, mut item) in items.into_iter().enumerate() {
+            if !verdicts.is_empty() {
+                let mut samples = Vec::with_capacity(item.samples.len());
+                for (si, mut sample) in std::mem::take(&mut item.samples).into_iter().enumerate() {
+                    let event = verdicts.get(&(ii, si)).and_then(|&(bi, score)| {
+                        let binding = &mut bindings[bi];
+                        let model = binding.model.as_ref()?;
+                        let contract = &model.contract;
+                        let score = f64::from(score);
+                        let is_anomaly = score > contract.threshold;
+                        sample.anomaly = Some(Anomaly {
+                            score,
+                            threshold: contract.threshold,
+                            is_anomaly,
+                            model: contract.name.clone(),
+                            version: contract.version.clone(),
+                        });
+                        transition(binding, &sample, score, is_anomaly, &stats)
+                    });
+                    samples.push(sample);
+                    samples.extend(event);
+                }
+                item.samples = samples;
+            }
+            if tx.send(item).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// An event record when a device enters or leaves the anomalous state.
+fn transition(
+    binding: &mut Binding,
+    sample: &Sample,
+    score: f64,
+    is_anomaly: bool,
+    stats: &Stats,
+) -> Option<Sample> {
+    let model = binding.model.as_ref()?;
+    let contract = &model.contract;
+    let device = &sample.device;
+    let mut event = Sample::new(EVENT_SOURCE, device, sample.ts);
+    event
+        .fields
+        .insert("model".into(), Value::Text(contract.name.clone()));
+    event
+        .fields
+        .insert("threshold".into(), Value::Float(contract.threshold));
+    match (binding.episodes.get_mut(device), is_anomaly) {
+        (None, true) => {
+            binding.episodes.insert(
+                device.clone(),
+                Episode {
+                    start_ts: sample.ts,
+                    peak: score,
+                },
+            );
+            Stats::add(&stats.anomaly_events, 1);
+            log::warn!(
+                "anomaly: {device} scored {score:.3} by model {} (threshold {:.3})",
+                contract.name,
+                contract.threshold
+            );
+            event
+                .fields
+                .insert("event".into(), Value::Text("anomaly_start".into()));
+            event.fields.insert("score".into(), Value::Float(score));
+            Some(event)
+        }
+        (Some(episode), true) => {
+            episode.peak = episode.peak.max(score);
+            None
+        }
+        (Some(_), false) => {
+            let episode = binding.episodes.remove(device)?;
+            log::info!(
+                "anomaly over: {device} back below the threshold of model {} after {:.1} s (peak score {:.3})",
+                contract.name,
+                (sample.ts - episode.start_ts) as f64 / 1000.0,
+                episode.peak
+            );
+            event
+                .fields
+                .insert("event".into(), Value::Text("anomaly_end".into()));
+            event
+                .fields
+                .insert("start_ts".into(), Value::Int(episode.start_ts));
+            event.fields.insert("end_ts".into(), Value::Int(sample.ts));
+            event
+                .fields
+                .insert("peak_score".into(), Value::Float(episode.peak));
+            Some(event)
+        }
+        (None, false) => None,
+    }
+}

@@ -1,0 +1,230 @@
+//! Local inference with the real ONNX runtime path (tract): parity with onnxruntime on the
+//! bundled model, model contract errors, a broken model that must not stop the data, and
+//! anomalies flagged on a simulated plant with their event records.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use support::*;
+use tidegate::pipeline::contract::Overrides;
+use tidegate::pipeline::model;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn scores_match_onnxruntime_on_the_bundled_model() {
+    let loaded = model::load(
+        &root().join("models/pump-demo.onnx"),
+        &Overrides::default(),
+        "parity",
+    )
+    .unwrap();
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("models/parity/pump-demo.json")).unwrap(),
+    )
+    .unwrap();
+    let windows = fixture["raw_windows"].as_array().unwrap();
+    let expected: Vec<f64> = fixture["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let mut data: Vec<f32> = windows
+        .iter()
+        .flat_map(|w| w.as_array().unwrap().iter())
+        .flat_map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+        })
+        .collect();
+    loaded.normalise(&mut data);
+    let scores = loaded.score(&data, windows.len()).unwrap();
+    let mut worst: f64 = 0.0;
+    for (got, want) in scores.iter().zip(&expected) {
+        let relative = (f64::from(*got) - want).abs() / want.abs().max(1.0);
+        worst = worst.max(relative);
+    }
+    eprintln!(
+        "{} windows: largest difference to onnxruntime {worst:.2e} (relative to max(1, |score|))",
+        scores.len()
+    );
+    assert_eq!(scores.len(), expected.len());
+    assert!(worst <= 1e-5, "tract and onnxruntime disagree by {worst}");
+    // The fixture holds normal and distorted windows: the model tells them apart.
+    let threshold = loaded.contract.threshold as f32;
+    assert!(scores[..16].iter().filter(|s| **s > threshold).count() <= 1);
+    assert!(scores[16..].iter().all(|s| *s > threshold), "{scores:?}");
+}
+
+fn sim_config(dir: &Path, model: &str) -> PathBuf {
+    let path = dir.join("tidegate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[gateway]
+id = "gw-test"
+state_dir = "{state}"
+
+[log]
+summary_interval = "1s"
+
+[[sources.simulated]]
+name = "plant"
+devices = 4
+interval = "20ms"
+seed = 11
+
+[[models]]
+name = "pumps"
+path = "{model}"
+devices = ["pump-*"]
+
+[[uplinks.file]]
+name = "archive"
+path = "{out}"
+linger = "100ms"
+"#,
+            state = dir.join("state").display(),
+            out = dir.join("records.ndjson").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn check_names_both_shapes_when_the_model_does_not_fit_the_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = sim_config(
+        dir.path(),
+        &root().join("models/pump-demo.onnx").display().to_string(),
+    );
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "devices = [\"pump-*\"]",
+        "devices = [\"pump-*\"]\nwindow = 12\nchannels = [\"flow_m3h\", \"pressure_bar\", \"temperature_c\", \"vibration_mm_s\"]\n\
+         mean = [30.0, 5.0, 50.0, 2.0]\nstd = [3.0, 0.1, 2.0, 0.2]",
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        stderr.contains("expects input `window` [N, 10, 5]"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("windows of 12 rows × 4 channels (flow_m3h, pressure_bar, temperature_c, vibration_mm_s): [N, 12, 4]"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_model_is_reported_and_the_data_keeps_flowing() {
+    for (label, content) in [
+        ("missing", None),
+        ("corrupt", Some(b"this is not an onnx file".to_vec())),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("model.onnx");
+        if let Some(bytes) = content {
+            std::fs::write(&model, bytes).unwrap();
+        }
+        let config = sim_config(dir.path(), &model.display().to_string());
+        let check = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+            .args(["check", "-c"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert_eq!(check.status.code(), Some(78), "{label}: check fails");
+        let mut daemon = Daemon::start(&config, &dir.path().join("tidegate.log"));
+        let out = dir.path().join("records.ndjson");
+        wait_until("records without scores", Duration::from_secs(20), || {
+            support::modbus::read_ndjson(&out).len() >= 40
+        })
+        .await;
+        assert_eq!(daemon.terminate(), Some(0), "{label}");
+        let log = daemon.log_text();
+        let error = log
+            .lines()
+            .find(|l| l.contains("ERROR model pumps:"))
+            .unwrap_or_else(|| panic!("{log}"));
+        eprintln!("{label}: {error}");
+        assert!(error.contains("cannot read model"), "{error}");
+        let records = support::modbus::read_ndjson(&out);
+        assert!(records.iter().all(|r| r.get("anomaly").is_none()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_of_the_simulated_plant_are_flagged_with_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = sim_config(
+        dir.path(),
+        &root().join("models/pump-demo.onnx").display().to_string(),
+    );
+    let mut daemon = Daemon::start(&config, &dir.path().join("tidegate.log"));
+    let out = dir.path().join("records.ndjson");
+    wait_until(
+        "an anomaly to start and end",
+        Duration::from_secs(60),
+        || {
+            support::modbus::read_ndjson(&out)
+                .iter()
+                .any(|r| r["fields"]["event"] == "anomaly_end")
+        },
+    )
+    .await;
+    assert_eq!(daemon.terminate(), Some(0));
+    let records = support::modbus::read_ndjson(&out);
+    let scored: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r.get("anomaly").is_some())
+        .collect();
+    let flagged = scored
+        .iter()
+        .filter(|r| r["anomaly"]["is_anomaly"] == true)
+        .count();
+    let starts: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["fields"]["event"] == "anomaly_start")
+        .collect();
+    eprintln!(
+        "{} records, {} scored, {flagged} flagged, {} anomaly episodes started",
+        records.len(),
+        scored.len(),
+        starts.len()
+    );
+    assert!(flagged > 0);
+    assert!(
+        flagged < scored.len() / 2,
+        "most of the plant runs normally"
+    );
+    let start = starts[0];
+    assert_eq!(start["source"], "tidegate");
+    assert_eq!(start["fields"]["model"], "pump-demo");
+    let end = records
+        .iter()
+        .find(|r| r["fields"]["event"] == "anomaly_end")
+        .unwrap();
+    assert!(
+        end["fields"]["peak_score"].as_f64().unwrap()
+            > end["fields"]["threshold"].as_f64().unwrap()
+    );
+    assert!(
+        end["fields"]["end_ts"].as_i64().unwrap() >= end["fields"]["start_ts"].as_i64().unwrap()
+    );
+    let first = &scored[0]["anomaly"];
+    assert_eq!(first["model"], "pump-demo");
+    assert_eq!(first["version"], "1");
+    assert!(daemon.log_text().contains("WARN  anomaly: pump-"));
+}
