@@ -65,6 +65,51 @@ pub enum Command {
     /// Commissioning: talk to a field device directly.
     #[command(subcommand)]
     Probe(Probe),
+    /// Run recorded data (CSV) through the daemon's window and model code; print a score
+    /// and a flag per row, and precision/recall/F1/FAR/MAR when a label column is named.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    /// The CSV file; its header names the columns.
+    csv: PathBuf,
+    /// The ONNX model (its metadata names the channel columns).
+    #[arg(long)]
+    model: PathBuf,
+    /// Column separator, e.g. ';'.
+    #[arg(long, default_value = ",")]
+    sep: char,
+    /// Column with the timestamp (copied to the output).
+    #[arg(long)]
+    timestamp_column: Option<String>,
+    /// Column with the device: each device gets its own window.
+    #[arg(long)]
+    device_column: Option<String>,
+    /// Column with 0/1 labels: prints detection metrics.
+    #[arg(long)]
+    label_column: Option<String>,
+    /// Data rows to ignore at the start.
+    #[arg(long, default_value_t = 0)]
+    skip_rows: usize,
+    /// Rows before this one only fill the windows (no output, no metrics).
+    #[arg(long, default_value_t = 0)]
+    score_from: usize,
+    /// Overrides the model's threshold.
+    #[arg(long)]
+    threshold: Option<f64>,
+    /// Score every n-th window.
+    #[arg(long, default_value_t = 1)]
+    stride: usize,
+    /// Per-row output file (CSV); "-" for stdout.
+    #[arg(long, default_value = "-")]
+    out: String,
+    /// Draw the channels, the score and the labeled and flagged spans to an SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Write the confusion counts and metrics as JSON to this file.
+    #[arg(long)]
+    metrics_json: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,7 +192,105 @@ pub fn main(cli: Cli) -> u8 {
             out,
         } => demo(duration, devices, interval, out),
         Command::Probe(Probe::Modbus(args)) => probe_modbus(args),
+        Command::Replay(args) => replay(args),
     }
+}
+
+fn replay(args: ReplayArgs) -> u8 {
+    use crate::pipeline::{contract::Overrides, model, replay};
+    logging::init(log::LevelFilter::Warn);
+    if !args.sep.is_ascii() || args.stride == 0 {
+        eprintln!("--sep must be one ASCII character and --stride at least 1");
+        return exit::USAGE;
+    }
+    let overrides = Overrides {
+        threshold: args.threshold,
+        ..Overrides::default()
+    };
+    let loaded = match model::load(&args.model, &overrides, "replay") {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("{e}");
+            return exit::CONFIG;
+        }
+    };
+    let options = replay::ReplayOptions {
+        csv: args.csv.clone(),
+        separator: args.sep as u8,
+        skip_rows: args.skip_rows,
+        score_from: args.score_from,
+        timestamp_column: args.timestamp_column.clone(),
+        device_column: args.device_column.clone(),
+        label_column: args.label_column.clone(),
+        stride: args.stride,
+        bad_values: crate::pipeline::window::BadValues::Skip,
+        progress: true,
+    };
+    let result = match replay::run(&loaded, &options) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e}");
+            return exit::FAILURE;
+        }
+    };
+    let written = if args.out == "-" {
+        replay::write_rows(&result, &mut std::io::stdout().lock())
+    } else {
+        std::fs::File::create(&args.out)
+            .map(std::io::BufWriter::new)
+            .and_then(|mut f| {
+                replay::write_rows(&result, &mut f).and_then(|()| std::io::Write::flush(&mut f))
+            })
+    };
+    if let Err(e) = written {
+        eprintln!("cannot write {}: {e}", args.out);
+        return exit::FAILURE;
+    }
+    if let Some(plot) = &args.plot
+        && let Err(e) = replay::write_plot(&result, plot)
+    {
+        eprintln!("cannot write {}: {e}", plot.display());
+        return exit::FAILURE;
+    }
+    let scored = result.rows.iter().filter(|r| r.score.is_some()).count();
+    let flagged = result
+        .rows
+        .iter()
+        .filter(|r| r.score.is_some_and(|s| s > result.threshold))
+        .count();
+    eprintln!(
+        "{}: {} rows, {scored} scored, {flagged} flagged (model {} {}, threshold {:.4})",
+        args.csv.display(),
+        result.rows.len(),
+        loaded.contract.name,
+        loaded.contract.version,
+        result.threshold
+    );
+    if let Some(c) = result.confusion {
+        eprintln!(
+            "TP {} FP {} FN {} TN {}: precision {:.3} recall {:.3} F1 {:.3} FAR {:.2}% MAR {:.2}%",
+            c.tp,
+            c.fp,
+            c.fn_,
+            c.tn,
+            c.precision(),
+            c.recall(),
+            c.f1(),
+            c.far() * 100.0,
+            c.mar() * 100.0
+        );
+        if let Some(path) = &args.metrics_json {
+            let json = serde_json::json!({
+                "tp": c.tp, "fp": c.fp, "fn": c.fn_, "tn": c.tn,
+                "precision": c.precision(), "recall": c.recall(), "f1": c.f1(), "far": c.far(), "mar": c.mar(),
+            });
+            if let Err(e) = std::fs::write(path, json.to_string()) {
+                eprintln!("cannot write {}: {e}", path.display());
+                return exit::FAILURE;
+            }
+        }
+    }
+    exit::OK
 }
 
 fn probe_modbus(args: ProbeModbus) -> u8 {

@@ -8,10 +8,12 @@
 //! - `model`: loading, shape checks and batched scoring with tract. Blocking.
 //! - `window`: per-device windows and the bad-value policy. Pure.
 //! - `stage`: the async stage that ties them into the pipeline.
+//! - `replay`: recorded CSV data through the same windows and model, with metrics.
 //! - `glob`: device name patterns of bindings.
 
 pub mod contract;
 pub mod glob;
 pub mod model;
+pub mod replay;
 pub mod stage;
 pub mod window;
