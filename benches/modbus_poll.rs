@@ -27,24 +27,6 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn usage(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0);
-    ((t(11) + t(12)) / 100.0, hwm)
-}
-
 async fn run(devices: u64, dead_percent: u64, interval_ms: u64, seconds: u64) {
     let dir = tempfile::tempdir().unwrap();
     let mut unit = Unit::default();
@@ -112,11 +94,11 @@ async fn run(devices: u64, dead_percent: u64, interval_ms: u64, seconds: u64) {
     // Warm-up: connections made, phases spread.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let pid = daemon.pid();
-    let (cpu0, _) = usage(pid);
+    let (cpu0, _) = process_usage(pid);
     let t0 = sample_now_ms();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let t1 = sample_now_ms();
-    let (cpu1, hwm) = usage(pid);
+    let (cpu1, hwm) = process_usage(pid);
     assert_eq!(daemon.terminate(), Some(0));
 
     let records = read_ndjson(&out);

@@ -4,10 +4,10 @@
 //! store while the way out is closed, and forwards it in batches when the way opens.
 //!
 //! ```text
-//!  sources ──► Ingest (bounded channel) ──► store writer ──► sled store ──► uplinks
-//!  mqtt, sim     samples + commit callback    group commit     per-uplink     http, file,
-//!                                                                cursors        stdout
-//!                     ◄──── PUBACK after commit ───┘
+//!  sources ──► pipeline ──► store writer ──► sled store ──► uplinks
+//!  modbus,       windows,     group commit      per-uplink     http, file,
+//!  mqtt, sim     ONNX score                     cursors        stdout
+//!      ◄──── PUBACK after commit ───┘
 //! ```
 //!
 //! ## Layout
@@ -15,7 +15,10 @@
 //! - [`config`]: TOML files → validated [`config::Config`], every error with file, line
 //!   and key path. Never starts anything.
 //! - [`sample`]: the types every stage shares: `Sample`, `Value`, `Quality`, `Record`.
-//! - [`sources`]: field traffic → samples (MQTT subscriber, simulated plant).
+//! - [`sources`]: field traffic → samples (Modbus TCP/RTU master, MQTT subscriber,
+//!   simulated plant).
+//! - [`pipeline`]: per-device windows and local ONNX inference (tract) that enrich each
+//!   sample with its anomaly score; replay of recorded data through the same code.
 //! - [`store`]: the durable queue (sled): append, per-uplink cursors, acknowledgement,
 //!   eviction, dead letters; and the writer task that group-commits.
 //! - [`uplink`]: batches from the store to a destination (HTTPS, NDJSON file, stdout),

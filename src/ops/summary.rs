@@ -86,9 +86,37 @@ pub async fn line(stats: &Stats, store: &Arc<dyn Store>, rate: f64) -> String {
         ));
     }
     text.push_str(&format!(
-        "; decode errors {}; evicted {}",
-        Stats::get(&stats.decode_errors),
-        Stats::get(&stats.evicted)
+        "; decode errors {}",
+        Stats::get(&stats.decode_errors)
     ));
+    let by_topic = stats.decode_errors_by_topic();
+    if !by_topic.is_empty() {
+        // The worst few topics, so a misbehaving device can be found from the summary alone.
+        let mut worst: Vec<(&String, &u64)> = by_topic.iter().collect();
+        worst.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let shown: Vec<String> = worst
+            .iter()
+            .take(3)
+            .map(|(t, n)| format!("{t} {n}"))
+            .collect();
+        text.push_str(&format!(
+            " ({}{})",
+            shown.join(", "),
+            if worst.len() > 3 {
+                format!(", {} more topics", worst.len() - 3)
+            } else {
+                String::new()
+            }
+        ));
+    }
+    let windows = Stats::get(&stats.inference_windows);
+    if windows > 0 || Stats::get(&stats.inference_failures) > 0 {
+        text.push_str(&format!(
+            "; scored {windows} windows, anomalies started {}, model failures {}",
+            Stats::get(&stats.anomaly_events),
+            Stats::get(&stats.inference_failures)
+        ));
+    }
+    text.push_str(&format!("; evicted {}", Stats::get(&stats.evicted)));
     text
 }
