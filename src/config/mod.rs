@@ -7,6 +7,7 @@ mod files;
 mod modbus;
 pub mod raw;
 pub mod secret;
+mod sections;
 pub mod units;
 mod validate;
 
