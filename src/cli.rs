@@ -457,10 +457,16 @@ fn run(path: &std::path::Path) -> u8 {
 }
 
 fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    runtime_with(0)
+}
+
+/// `worker_threads` 0: one per CPU core (tokio's default).
+fn runtime_with(worker_threads: usize) -> Option<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if worker_threads > 0 {
+        builder.worker_threads(worker_threads);
+    }
+    match builder.enable_all().build() {
         Ok(rt) => Some(rt),
         Err(e) => {
             log::error!("cannot start the async runtime: {e}");
@@ -484,7 +490,7 @@ fn exit_code(result: Result<std::sync::Arc<crate::ops::Stats>, AppError>) -> u8 
 }
 
 fn run_daemon(config: config::Config, limits: RunLimits) -> u8 {
-    match runtime() {
+    match runtime_with(config.gateway.worker_threads) {
         Some(rt) => exit_code(rt.block_on(app::run(config, limits))),
         None => exit::FAILURE,
     }

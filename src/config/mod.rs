@@ -79,6 +79,8 @@ pub struct Config {
 pub struct GatewayConfig {
     pub id: String,
     pub state_dir: PathBuf,
+    /// 0: one per CPU core.
+    pub worker_threads: usize,
 }
 
 #[derive(Clone, Debug)]

@@ -339,6 +339,7 @@ pub fn validate(doc: &ConfigDocument, env: &dyn Environment) -> Result<Config, V
             format!("\"{gateway_id}\" must be non-empty, without ':' or control characters"),
         );
     }
+    c.range_usize("gateway.worker_threads", raw_gateway.worker_threads, 0, 64);
     if !raw_gateway.state_dir.is_absolute() {
         c.error(
             "gateway.state_dir",
@@ -529,6 +530,7 @@ pub fn validate(doc: &ConfigDocument, env: &dyn Environment) -> Result<Config, V
         gateway: GatewayConfig {
             id: gateway_id,
             state_dir: raw_gateway.state_dir,
+            worker_threads: raw_gateway.worker_threads,
         },
         log: LogConfig {
             level,
