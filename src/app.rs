@@ -149,11 +149,14 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
     } else {
         let bindings = load_bindings(&config.models, &stats).await;
         let (enriched_tx, enriched_rx) = mpsc::channel::<Ingest>(INGEST_QUEUE);
+        let (reload_tx, reload_rx) = mpsc::unbounded_channel();
+        tokio::spawn(reload_models_on_sighup(config.models.clone(), reload_tx));
         let task = tokio::spawn(crate::pipeline::stage::run(
             bindings,
             ingest_rx,
             enriched_tx,
             stats.clone(),
+            reload_rx,
         ));
         (enriched_rx, Some(task))
     };
@@ -328,6 +331,46 @@ pub async fn load_bindings(
     bindings
 }
 
+/// On SIGHUP, re-reads every model file. A model that loads and fits its binding
+/// replaces the one in use; one that does not is logged and the old one stays.
+async fn reload_models_on_sighup(
+    configs: Vec<crate::config::ModelBindingConfig>,
+    reloads: mpsc::UnboundedSender<crate::pipeline::stage::Reload>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        for (index, config) in configs.iter().enumerate() {
+            let (path, overrides, name) = (
+                config.path.clone(),
+                config.overrides.clone(),
+                config.name.clone(),
+            );
+            match tokio::task::spawn_blocking(move || {
+                crate::pipeline::model::load(&path, &overrides, &name)
+            })
+            .await
+            {
+                Ok(Ok(model)) => {
+                    if reloads.send((index, Arc::new(model))).is_err() {
+                        return;
+                    }
+                }
+                Ok(Err(e)) => log::error!(
+                    "model {}: reload refused, the model in use stays: {e}",
+                    config.name
+                ),
+                Err(e) => log::error!(
+                    "model {}: reload failed, the model in use stays: {e}",
+                    config.name
+                ),
+            }
+        }
+    }
+}
+
 async fn wait_for_stop(limits: RunLimits) -> Result<(), AppError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(AppError::Signals)?;
@@ -345,7 +388,7 @@ async fn wait_for_stop(limits: RunLimits) -> Result<(), AppError> {
             _ = term.recv() => { log::info!("SIGTERM received"); return Ok(()); }
             _ = int.recv() => { log::info!("SIGINT received"); return Ok(()); }
             _ = hup.recv() => {
-                log::warn!("SIGHUP received: this version does not reload in place; restart the service to apply changes");
+                                log::info!("SIGHUP received: model files are re-read; other config changes take effect at the next start");
             }
             _ = &mut deadline => { log::info!("run duration reached"); return Ok(()); }
         }

@@ -312,3 +312,64 @@ fn replay_scores_recorded_rows_with_the_daemon_code_and_reports_metrics() {
         svg.starts_with("<svg") && svg.contains("labeled anomaly") && svg.contains("threshold")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_puts_a_new_model_in_place_only_when_it_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.onnx");
+    std::fs::write(&model, b"not a model yet").unwrap();
+    let config = sim_config(dir.path(), &model.display().to_string());
+    let mut daemon = Daemon::start(&config, &dir.path().join("tidegate.log"));
+    let out = dir.path().join("records.ndjson");
+    wait_until("records, unscored", Duration::from_secs(20), || {
+        support::modbus::read_ndjson(&out).len() >= 20
+    })
+    .await;
+    let hup = |pid: u32| {
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+    // A valid model arrives: scoring starts without a restart.
+    std::fs::copy(root().join("models/pump-demo.onnx"), &model).unwrap();
+    hup(daemon.pid());
+    wait_until(
+        "scored records after the reload",
+        Duration::from_secs(20),
+        || {
+            support::modbus::read_ndjson(&out)
+                .iter()
+                .any(|r| r.get("anomaly").is_some())
+        },
+    )
+    .await;
+    // A broken file replaces it: refused, the model in use keeps scoring.
+    std::fs::write(&model, b"broken again").unwrap();
+    hup(daemon.pid());
+    wait_until("the refusal", Duration::from_secs(20), || {
+        daemon
+            .log_text()
+            .contains("reload refused, the model in use stays")
+    })
+    .await;
+    let scored_before = support::modbus::read_ndjson(&out)
+        .iter()
+        .filter(|r| r.get("anomaly").is_some())
+        .count();
+    wait_until("scoring to go on", Duration::from_secs(20), || {
+        support::modbus::read_ndjson(&out)
+            .iter()
+            .filter(|r| r.get("anomaly").is_some())
+            .count()
+            > scored_before + 20
+    })
+    .await;
+    assert!(daemon.is_running());
+    assert_eq!(daemon.terminate(), Some(0));
+    let log = daemon.log_text();
+    assert!(
+        log.contains("model pumps: now scoring with pump-demo 1"),
+        "{log}"
+    );
+}

@@ -78,13 +78,30 @@ impl Binding {
 /// Where one window to score came from: (ingest index, sample index).
 type Origin = (usize, usize);
 
+/// A model re-read on SIGHUP, for the binding at this index. It has been loaded and
+/// checked already: a model that fails to load never gets here.
+pub type Reload = (usize, Arc<LoadedModel>);
+
 pub async fn run(
     mut bindings: Vec<Binding>,
     mut rx: mpsc::Receiver<Ingest>,
     tx: mpsc::Sender<Ingest>,
     stats: Arc<Stats>,
+    mut reloads: mpsc::UnboundedReceiver<Reload>,
 ) {
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            item = rx.recv() => match item {
+                Some(item) => item,
+                None => break,
+            },
+            Some((index, model)) = reloads.recv() => {
+                if let Some(binding) = bindings.get_mut(index) {
+                    swap_model(binding, model);
+                }
+                continue;
+            }
+        };
         let mut items = vec![first];
         let mut count = items[0].samples.len();
         while count < MAX_BATCH_SAMPLES {
@@ -216,6 +233,32 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Puts a re-read model in place. Windows are kept when the new model reads the same
+/// channels over the same window, and started over when it does not.
+fn swap_model(binding: &mut Binding, model: Arc<LoadedModel>) {
+    let same_shape = binding.model.as_ref().is_some_and(|old| {
+        old.contract.channels == model.contract.channels
+            && old.contract.window == model.contract.window
+    });
+    if !same_shape {
+        binding.windows.clear();
+        binding.episodes.clear();
+    }
+    log::info!(
+        "model {}: now scoring with {} {} (threshold {:.4}){}",
+        binding.name,
+        model.contract.name,
+        model.contract.version,
+        model.contract.threshold,
+        if same_shape {
+            ""
+        } else {
+            "; windows start over"
+        }
+    );
+    binding.model = Some(model);
 }
 
 /// An event record when a device enters or leaves the anomalous state.
