@@ -304,7 +304,15 @@ pub fn write_rows(replay: &Replay, out: &mut dyn Write) -> std::io::Result<()> {
 /// the threshold, and the labeled and flagged spans.
 pub fn write_plot(replay: &Replay, path: &Path) -> std::io::Result<()> {
     use std::fmt::Write as _;
-    let rows = &replay.rows;
+    // Rows of several devices interleave; a line through them would zigzag between
+    // devices. The plot shows the first device's rows.
+    let device = replay
+        .rows
+        .first()
+        .map(|r| r.device.clone())
+        .unwrap_or_default();
+    let rows: Vec<&Row> = replay.rows.iter().filter(|r| r.device == device).collect();
+    let rows = &rows;
     let (width, lane, gap) = (1200.0_f64, 60.0_f64, 10.0_f64);
     let lanes = replay.channels.len() + 2;
     let height = lanes as f64 * (lane + gap) + 40.0;
@@ -317,9 +325,12 @@ pub fn write_plot(replay: &Replay, path: &Path) -> std::io::Result<()> {
     );
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let spans = |pred: &dyn Fn(&Row) -> bool| -> Vec<(usize, usize)> {
+        let rows = rows.iter().copied();
         let mut out = Vec::new();
         let mut start = None;
-        for (i, row) in rows.iter().enumerate() {
+        let mut count = 0;
+        for (i, row) in rows.enumerate() {
+            count = i + 1;
             match (pred(row), start) {
                 (true, None) => start = Some(i),
                 (false, Some(s)) => {
@@ -330,7 +341,7 @@ pub fn write_plot(replay: &Replay, path: &Path) -> std::io::Result<()> {
             }
         }
         if let Some(s) = start {
-            out.push((s, rows.len()));
+            out.push((s, count));
         }
         out
     };
@@ -425,8 +436,13 @@ pub fn write_plot(replay: &Replay, path: &Path) -> std::io::Result<()> {
     }
     let _ = writeln!(
         svg,
-        r##"<text x="100" y="{:.1}" fill="#333">shaded: labeled anomalies; red bars: flagged (score above {threshold:.4})</text>"##,
-        height - 5.0
+        r##"<text x="100" y="{:.1}" fill="#333">{}shaded: labeled anomalies; red bars: flagged (score above {threshold:.4})</text>"##,
+        height - 5.0,
+        if device.is_empty() {
+            String::new()
+        } else {
+            format!("device {device}; ")
+        }
     );
     svg.push_str("</svg>\n");
     std::fs::write(path, svg)
