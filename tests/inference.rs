@@ -308,8 +308,15 @@ fn replay_scores_recorded_rows_with_the_daemon_code_and_reports_metrics() {
         "no score before the window fills"
     );
     let svg = std::fs::read_to_string(&plot).unwrap();
+    // The plot shows the first device (pump-1, fault-free here) against its threshold.
     assert!(
-        svg.starts_with("<svg") && svg.contains("labeled anomaly") && svg.contains("threshold")
+        svg.starts_with("<svg")
+            && svg.contains("device pump-1;")
+            && svg.contains("<title>threshold")
+    );
+    assert!(
+        !svg.contains("<title>labeled anomaly"),
+        "pump-1 has no labeled anomaly"
     );
 }
 
