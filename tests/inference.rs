@@ -64,17 +64,10 @@ fn scores_match_onnxruntime_on_the_bundled_model() {
 }
 
 fn sim_config(dir: &Path, model: &str) -> PathBuf {
-    let path = dir.join("tidegate.toml");
-    std::fs::write(
-        &path,
-        format!(
+    write_test_config(
+        dir,
+        &format!(
             r#"
-[gateway]
-id = "gw-test"
-state_dir = "{state}"
-
-[log]
-summary_interval = "1s"
 
 [[sources.simulated]]
 name = "plant"
@@ -92,12 +85,9 @@ name = "archive"
 path = "{out}"
 linger = "100ms"
 "#,
-            state = dir.join("state").display(),
             out = dir.join("records.ndjson").display()
         ),
     )
-    .unwrap();
-    path
 }
 
 #[test]

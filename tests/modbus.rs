@@ -15,17 +15,10 @@ use tokio_modbus::ExceptionCode;
 use tokio_util::sync::CancellationToken;
 
 fn config(dir: &Path, source: &str) -> std::path::PathBuf {
-    let path = dir.join("tidegate.toml");
-    std::fs::write(
-        &path,
-        format!(
+    write_test_config(
+        dir,
+        &format!(
             r#"
-[gateway]
-id = "gw-test"
-state_dir = "{state}"
-
-[log]
-summary_interval = "1s"
 
 {source}
 
@@ -34,12 +27,9 @@ name = "archive"
 path = "{out}"
 linger = "100ms"
 "#,
-            state = dir.join("state").display(),
             out = dir.join("records.ndjson").display()
         ),
     )
-    .unwrap();
-    path
 }
 
 fn records_of(dir: &Path, device: &str) -> Vec<Value> {

@@ -8,17 +8,10 @@ use std::time::Duration;
 use support::*;
 
 fn mqtt_config(dir: &std::path::Path, url: &str, source: &str) -> std::path::PathBuf {
-    let path = dir.join("tidegate.toml");
-    std::fs::write(
-        &path,
-        format!(
+    write_test_config(
+        dir,
+        &format!(
             r#"
-[gateway]
-id = "gw-test"
-state_dir = "{state}"
-
-[log]
-summary_interval = "1s"
 
 [[sources.mqtt]]
 name = "local"
@@ -35,11 +28,8 @@ name = "cloud"
 url = "{url}"
 linger = "100ms"
 "#,
-            state = dir.join("state").display()
         ),
     )
-    .unwrap();
-    path
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

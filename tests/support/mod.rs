@@ -498,20 +498,25 @@ impl Drop for Daemon {
     }
 }
 
+/// Writes `tidegate.toml` in `dir`: the gateway and log settings every test shares (state
+/// in `dir/state`, a summary line every second), then `body`.
+pub fn write_test_config(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join("tidegate.toml");
+    let preamble = format!(
+        "[gateway]\nid = \"gw-test\"\nstate_dir = \"{}\"\n\n[log]\nsummary_interval = \"1s\"\n",
+        dir.join("state").display()
+    );
+    std::fs::write(&path, preamble + body).unwrap();
+    path
+}
+
 /// A config with a simulated plant (one pump every 20 ms) and one HTTP uplink; `extra`
 /// lands inside the `[[uplinks.http]]` table.
 pub fn write_sim_config(dir: &Path, url: &str, extra: &str) -> PathBuf {
-    let path = dir.join("tidegate.toml");
-    std::fs::write(
-        &path,
-        format!(
+    write_test_config(
+        dir,
+        &format!(
             r#"
-[gateway]
-id = "gw-test"
-state_dir = "{state}"
-
-[log]
-summary_interval = "1s"
 
 [[sources.simulated]]
 name = "plant"
@@ -528,11 +533,8 @@ backoff_max = "300ms"
 timeout = "5s"
 {extra}
 "#,
-            state = dir.join("state").display(),
         ),
     )
-    .unwrap();
-    path
 }
 
 /// Sequence numbers of the records in answered-2xx batches, in arrival order.
@@ -628,17 +630,10 @@ impl Pki {
 
 /// A config for one MQTT source on `mqtt_port` and one HTTP uplink to `url`.
 pub fn write_config(dir: &Path, mqtt_port: u16, url: &str, extra: &str) -> PathBuf {
-    let path = dir.join("tidegate.toml");
-    std::fs::write(
-        &path,
-        format!(
+    write_test_config(
+        dir,
+        &format!(
             r#"
-[gateway]
-id = "gw-test"
-state_dir = "{state}"
-
-[log]
-summary_interval = "1s"
 
 [[sources.mqtt]]
 name = "local"
@@ -662,11 +657,8 @@ backoff_max = "300ms"
 timeout = "5s"
 {extra}
 "#,
-            state = dir.join("state").display(),
         ),
     )
-    .unwrap();
-    path
 }
 
 /// (user + system CPU seconds, peak RSS in KiB) of a process, from /proc.
