@@ -15,7 +15,7 @@ use crate::ops::{Stats, summary};
 use crate::sources::mqtt::MqttSource;
 use crate::sources::sim::SimulatedPlant;
 use crate::store::writer::{self, Ingest, WriterSettings};
-use crate::store::{SledStore, Store, StoreError};
+use crate::store::{LogStore, Store, StoreError};
 use crate::uplink::http::HttpSink;
 use crate::uplink::local::{FileSink, StdoutSink};
 use crate::uplink::{self, UplinkSettings};
@@ -59,17 +59,11 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
         source,
     })?;
     let uplink_names: Vec<String> = config.uplinks.iter().map(|u| u.name.clone()).collect();
-    let store_config = config.store.clone();
-    let opened = tokio::task::spawn_blocking(move || {
-        SledStore::open_or_recover(
-            &state_dir,
-            &uplink_names,
-            store_config.max_bytes,
-            store_config.full_policy,
-        )
-    })
-    .await
-    .map_err(|e| AppError::Setup(format!("store open failed: {e}")))??;
+    let options = config.store.options();
+    let opened =
+        tokio::task::spawn_blocking(move || LogStore::open(&state_dir, &uplink_names, options))
+            .await
+            .map_err(|e| AppError::Setup(format!("store open failed: {e}")))??;
     let store: Arc<dyn Store> = Arc::new(opened);
     let backlog = store.stats()?;
     log::info!(
@@ -91,7 +85,7 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
         mqtt_sources
             .push(MqttSource::new(source.clone()).map_err(|e| AppError::Setup(e.to_string()))?);
     }
-    let (committed_tx, committed_rx) = watch::channel(backlog.last_seq);
+    let (committed_tx, committed_rx) = watch::channel(store.committed());
     let uplink_signals = uplink::StopSignals::default();
     let mut uplink_tasks: Vec<JoinHandle<()>> = Vec::new();
     for u in &config.uplinks {
@@ -167,6 +161,7 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
             durability: config.store.durability,
             flush_interval: config.store.flush_interval,
             commit_batch: config.store.commit_batch,
+            priority: config.store.priority.clone(),
         },
         committed_tx,
         stats.clone(),

@@ -97,6 +97,40 @@ pub struct StoreConfig {
     pub durability: Durability,
     pub flush_interval: Duration,
     pub commit_batch: usize,
+    pub max_age: Option<Duration>,
+    pub segment_size: Option<u64>,
+    pub priority: PriorityRules,
+}
+
+impl StoreConfig {
+    pub fn options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            max_bytes: self.max_bytes,
+            policy: self.full_policy,
+            max_age: self.max_age,
+            segment_bytes: self.segment_size,
+        }
+    }
+}
+
+/// Which records go to the priority lane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PriorityRules {
+    pub anomaly_events: bool,
+    pub anomalous_samples: bool,
+    pub devices: Vec<String>,
+    pub fields: Vec<String>,
+}
+
+impl Default for PriorityRules {
+    fn default() -> Self {
+        PriorityRules {
+            anomaly_events: true,
+            anomalous_samples: false,
+            devices: Vec::new(),
+            fields: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -266,6 +300,36 @@ impl Config {
                 String::new()
             },
             s.commit_batch
+        );
+        if let Some(age) = s.max_age {
+            let _ = writeln!(
+                out,
+                "store: records older than {} (running time) are dropped",
+                fmt_duration(age)
+            );
+        }
+        let p = &s.priority;
+        let mut lanes = Vec::new();
+        if p.anomaly_events {
+            lanes.push("anomaly events".to_string());
+        }
+        if p.anomalous_samples {
+            lanes.push("anomalous samples".to_string());
+        }
+        if !p.devices.is_empty() {
+            lanes.push(format!("devices {}", p.devices.join(", ")));
+        }
+        if !p.fields.is_empty() {
+            lanes.push(format!("records with {} set", p.fields.join(", ")));
+        }
+        let _ = writeln!(
+            out,
+            "store: priority lane (sent first): {}",
+            if lanes.is_empty() {
+                "nothing".to_string()
+            } else {
+                lanes.join("; ")
+            }
         );
         for m in &self.mqtt_sources {
             let _ = writeln!(

@@ -113,6 +113,14 @@ pub struct RawStore {
     /// Most samples committed with one flush (group commit). Default 2048, 1..=65536.
     #[serde(default = "default_commit_batch")]
     pub commit_batch: usize,
+    /// Drop records not delivered within this much running time of the gateway
+    /// (counted, logged). Default: none, records wait until delivered or evicted.
+    pub max_age: Option<HumanDuration>,
+    /// Size of one segment file. Default: max_bytes / 16, between 64KiB and 16MiB.
+    pub segment_size: Option<ByteSize>,
+    /// Which records are sent before the backlog.
+    #[serde(default)]
+    pub priority: RawPriority,
 }
 
 impl Default for RawStore {
@@ -123,8 +131,45 @@ impl Default for RawStore {
             durability: default_durability(),
             flush_interval: default_flush_interval(),
             commit_batch: default_commit_batch(),
+            max_age: None,
+            segment_size: None,
+            priority: RawPriority::default(),
         }
     }
+}
+
+/// `[store.priority]`: records that go to the priority lane, sent before the backlog
+/// when an uplink comes back.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPriority {
+    /// The model's anomaly_start / anomaly_end events. Default true.
+    #[serde(default = "yes")]
+    pub anomaly_events: bool,
+    /// Every sample scored above its model's threshold. Default false.
+    #[serde(default)]
+    pub anomalous_samples: bool,
+    /// Every record of these devices (names or patterns with * and ?).
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// Records where any of these fields is true or non-zero (an alarm bit, say).
+    #[serde(default)]
+    pub fields: Vec<String>,
+}
+
+impl Default for RawPriority {
+    fn default() -> Self {
+        RawPriority {
+            anomaly_events: true,
+            anomalous_samples: false,
+            devices: Vec::new(),
+            fields: Vec::new(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_max_bytes() -> ByteSize {

@@ -388,6 +388,30 @@ pub fn validate(doc: &ConfigDocument, env: &dyn Environment) -> Result<Config, V
         Duration::from_secs(60),
     );
     c.range_usize("store.commit_batch", raw_store.commit_batch, 1, 65_536);
+    if let Some(age) = &raw_store.max_age {
+        c.range_duration(
+            "store.max_age",
+            age.0,
+            Duration::from_secs(60),
+            Duration::from_secs(10 * 365 * 86_400),
+        );
+    }
+    if let Some(size) = raw_store.segment_size
+        && !((64 << 10)..=(1 << 30)).contains(&size.bytes())
+    {
+        c.error(
+            "store.segment_size",
+            format!("{size} is outside 64KiB..=1GiB"),
+        );
+    }
+    for (i, pattern) in raw_store.priority.devices.iter().enumerate() {
+        if pattern.is_empty() {
+            c.error(
+                &format!("store.priority.devices[{i}]"),
+                "an empty pattern matches no device",
+            );
+        }
+    }
 
     let mut mqtt_sources = Vec::new();
     let mut source_names = HashSet::new();
@@ -542,6 +566,14 @@ pub fn validate(doc: &ConfigDocument, env: &dyn Environment) -> Result<Config, V
             durability: raw_store.durability,
             flush_interval: raw_store.flush_interval.0,
             commit_batch: raw_store.commit_batch,
+            max_age: raw_store.max_age.map(|a| a.0),
+            segment_size: raw_store.segment_size.map(|s| s.bytes()),
+            priority: crate::config::PriorityRules {
+                anomaly_events: raw_store.priority.anomaly_events,
+                anomalous_samples: raw_store.priority.anomalous_samples,
+                devices: raw_store.priority.devices,
+                fields: raw_store.priority.fields,
+            },
         },
         mqtt_sources,
         simulated_sources,

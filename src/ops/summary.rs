@@ -50,8 +50,12 @@ pub async fn line(stats: &Stats, store: &Arc<dyn Store>, rate: f64) -> String {
             s.records,
             ByteSize(s.bytes)
         ));
+        if s.priority_records > 0 {
+            text.push_str(&format!(", {} in the priority lane", s.priority_records));
+        }
         let uplinks = stats.uplinks();
-        for (name, _, lag) in &s.cursors {
+        for backlog in &s.uplinks {
+            let (name, lag) = (&backlog.name, backlog.pending);
             let counters = uplinks.get(name).cloned().unwrap_or_default();
             text.push_str(&format!(
                 "; uplink {name} {} delivered {} lag {lag}",
@@ -67,11 +71,14 @@ pub async fn line(stats: &Stats, store: &Arc<dyn Store>, rate: f64) -> String {
                 s.lost_on_disk
             ));
         }
-        if s.corrupt_skipped > 0 {
+        if s.damaged_total > s.lost_on_disk {
             text.push_str(&format!(
-                "; corrupt records quarantined {}",
-                s.corrupt_skipped
+                "; damaged records quarantined {}",
+                s.damaged_total - s.lost_on_disk
             ));
+        }
+        if s.expired_total > 0 {
+            text.push_str(&format!("; expired (max_age) {}", s.expired_total));
         }
     }
     let polls = Stats::get(&stats.modbus_polls);

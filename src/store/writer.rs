@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use super::{Store, StoreError};
-use crate::config::Durability;
+use super::{Committed, Lane, Store, StoreError};
+use crate::config::{Durability, PriorityRules};
 use crate::ops::Stats;
-use crate::sample::Sample;
+use crate::sample::{Sample, Value};
 
 /// Runs once the samples it came with are committed (for MQTT: send the PUBACK).
 pub type OnCommit = Box<dyn FnOnce() + Send>;
@@ -47,6 +47,26 @@ pub struct WriterSettings {
     pub durability: Durability,
     pub flush_interval: Duration,
     pub commit_batch: usize,
+    pub priority: PriorityRules,
+}
+
+/// Which lane a sample goes to: the priority lane is sent before the backlog.
+pub fn lane_of(rules: &PriorityRules, sample: &Sample) -> Lane {
+    let is_event = sample.source == crate::pipeline::stage::EVENT_SOURCE
+        && matches!(sample.fields.get("event"), Some(Value::Text(e)) if e.starts_with("anomaly_"));
+    let marked = (rules.anomaly_events && is_event)
+        || (rules.anomalous_samples && sample.anomaly.as_ref().is_some_and(|a| a.is_anomaly))
+        || rules
+            .devices
+            .iter()
+            .any(|p| crate::pipeline::glob::matches(p, &sample.device))
+        || rules.fields.iter().any(|f| match sample.fields.get(f) {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::Int(i)) => *i != 0,
+            Some(Value::Float(x)) => *x != 0.0,
+            _ => false,
+        });
+    if marked { Lane::Priority } else { Lane::Main }
 }
 
 /// Runs until every sender is dropped and the channel is drained, then flushes. It is
@@ -55,7 +75,7 @@ pub async fn run(
     store: Arc<dyn Store>,
     mut rx: mpsc::Receiver<Ingest>,
     settings: WriterSettings,
-    committed_seq: watch::Sender<u64>,
+    committed: watch::Sender<Committed>,
     stats: Arc<Stats>,
 ) {
     let durable = settings.durability == Durability::Fsync;
@@ -65,7 +85,6 @@ pub async fn run(
     let mut pending: Vec<Ingest> = Vec::new();
     let mut last_commit = tokio::time::Instant::now() - MIN_COMMIT_SPACING;
     let mut checkpoint_due = tokio::time::Instant::now() + CHECKPOINT_INTERVAL;
-    let mut uncheckpointed = false;
     loop {
         if pending.is_empty() {
             tokio::select! {
@@ -76,12 +95,15 @@ pub async fn run(
                 _ = flush_timer.tick(), if !durable && unflushed => {
                     if flush(&store).await.is_ok() {
                         unflushed = false;
+                        committed.send_replace(store.committed());
                     }
                     continue;
                 }
-                _ = tokio::time::sleep_until(checkpoint_due), if uncheckpointed => {
+                // Also while no records arrive: acknowledgements free segments, and max_age
+                // applies to a quiet store too. It writes nothing when nothing changed.
+                _ = tokio::time::sleep_until(checkpoint_due) => {
                     checkpoint(&store).await;
-                    uncheckpointed = false;
+                    committed.send_replace(store.committed());
                     checkpoint_due = tokio::time::Instant::now() + CHECKPOINT_INTERVAL;
                     continue;
                 }
@@ -119,32 +141,31 @@ pub async fn run(
         }
         last_commit = tokio::time::Instant::now();
         // Moved, not cloned, into the append; handed back if it fails, for the retry.
-        let samples: Vec<Sample> = pending
+        let entries: Vec<(Lane, Sample)> = pending
             .iter_mut()
             .flat_map(|i| std::mem::take(&mut i.samples))
+            .map(|s| (lane_of(&settings.priority, &s), s))
             .collect();
-        let result = if samples.is_empty() {
+        let result = if entries.is_empty() {
             Ok(None)
         } else {
             let store = store.clone();
             let appended = tokio::task::spawn_blocking(move || {
-                let result = store.append(&samples, durable);
-                (samples, result)
+                let result = store.append(&entries, durable);
+                (entries, result)
             })
             .await;
             match appended {
                 Ok((_, Ok(appended))) => Ok(Some(appended)),
-                Ok((samples, Err(e))) => {
+                Ok((entries, Err(e))) => {
                     if let Some(first) = pending.first_mut() {
-                        first.samples = samples;
+                        first.samples = entries.into_iter().map(|(_, s)| s).collect();
                     }
                     Err(e)
                 }
                 Err(join_error) => {
                     log::error!("store writer: append panicked: {join_error}");
-                    Err(StoreError::Io(sled::Error::Unsupported(
-                        "append panicked".into(),
-                    )))
+                    Err(StoreError::Task("append panicked".into()))
                 }
             }
         };
@@ -159,12 +180,13 @@ pub async fn run(
                             appended.evicted
                         );
                     }
-                    committed_seq.send_replace(appended.last_seq);
+                    if durable {
+                        committed.send_replace(store.committed());
+                    }
                     unflushed = !durable;
-                    uncheckpointed = true;
                     if tokio::time::Instant::now() >= checkpoint_due {
                         checkpoint(&store).await;
-                        uncheckpointed = false;
+                        committed.send_replace(store.committed());
                         checkpoint_due = tokio::time::Instant::now() + CHECKPOINT_INTERVAL;
                     }
                 }
@@ -189,6 +211,7 @@ pub async fn run(
     }
     // Flushes too.
     checkpoint(&store).await;
+    committed.send_replace(store.committed());
 }
 
 async fn checkpoint(store: &Arc<dyn Store>) {
@@ -204,11 +227,7 @@ async fn flush(store: &Arc<dyn Store>) -> Result<(), StoreError> {
     let store = store.clone();
     let result = tokio::task::spawn_blocking(move || store.flush())
         .await
-        .unwrap_or_else(|_| {
-            Err(StoreError::Io(sled::Error::Unsupported(
-                "flush panicked".into(),
-            )))
-        });
+        .unwrap_or_else(|_| Err(StoreError::Task("flush panicked".into())));
     if let Err(e) = &result {
         log::error!("store flush failed: {e}");
     }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Batching;
 use crate::ops::Stats;
 use crate::sample::Record;
-use crate::store::Store;
+use crate::store::{Batch, Committed, Lane, Store, StoreError};
 use backoff::Backoff;
 
 /// What became of one batch.
@@ -67,7 +67,7 @@ pub async fn run<S: Sink>(
     mut sink: S,
     settings: UplinkSettings,
     store: Arc<dyn Store>,
-    mut committed: watch::Receiver<u64>,
+    mut committed: watch::Receiver<Committed>,
     stats: Arc<Stats>,
     signals: StopSignals,
 ) {
@@ -76,33 +76,44 @@ pub async fn run<S: Sink>(
     let name = settings.name.clone();
     let mut backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
     let mut max_records = settings.batching.max_records;
-    let mut batch: Option<Vec<Record>> = None;
+    let mut batch: Option<Batch> = None;
     let mut waiting_since: Option<Instant> = None;
     let mut state = UplinkState::Idle;
     stats.update_uplink(&name, |c| c.state = "up".into());
 
-    let mut cursor = match blocking(&store, {
+    // Where this uplink stands, per lane, as far as it knows: commits are compared with
+    // it to decide whether to read, so waking up on a commit costs no store access.
+    let mut seen = match blocking(&store, {
         let name = name.clone();
-        move |s| s.cursor(&name)
+        move |s| {
+            let stats = s.stats()?;
+            stats
+                .uplinks
+                .into_iter()
+                .find(|u| u.name == name)
+                .map(|u| u.acked)
+                .ok_or(StoreError::UnknownCursor(name))
+        }
     })
     .await
     {
-        Ok(cursor) => cursor,
+        Ok(acked) => acked,
         Err(e) => {
             log::error!("uplink {name}: cannot read its cursor: {e}; not starting");
             return;
         }
     };
+    // Read once at start whatever the commits say: requeued records and the backlog.
+    let mut must_look = true;
     while !shutdown.is_cancelled() {
-        let records = match batch.take() {
-            Some(records) => records,
+        let current = match batch.take() {
+            Some(current) => current,
             None => {
                 // Mark commits seen *before* looking, so one landing in between wakes us.
-                // The estimate needs no store access: commits only wake us, they cost
-                // nothing more while a batch lingers.
-                let known_last = *committed.borrow_and_update();
-                let pending = known_last.saturating_sub(cursor);
-                if pending == 0 {
+                let known = *committed.borrow_and_update();
+                let pending = known.positions[0].saturating_sub(seen[0])
+                    + known.positions[1].saturating_sub(seen[1]);
+                if pending == 0 && !must_look {
                     if drain.is_cancelled() {
                         break;
                     }
@@ -116,7 +127,10 @@ pub async fn run<S: Sink>(
                 }
                 let since = *waiting_since.get_or_insert_with(Instant::now);
                 let due = since + settings.batching.linger;
-                if (pending as usize) < max_records && Instant::now() < due && !drain.is_cancelled()
+                if !must_look
+                    && (pending as usize) < max_records
+                    && Instant::now() < due
+                    && !drain.is_cancelled()
                 {
                     tokio::select! {
                         _ = tokio::time::sleep_until(due) => {}
@@ -132,12 +146,19 @@ pub async fn run<S: Sink>(
                 })
                 .await;
                 match read {
-                    Ok(records) if records.is_empty() => {
-                        // Everything up to what was committed is gone (evicted): nothing to send.
-                        cursor = cursor.max(known_last);
+                    Ok(None) => {
+                        // Everything committed is delivered or gone (evicted).
+                        seen = known.positions;
+                        must_look = false;
                         continue;
                     }
-                    Ok(records) => records,
+                    Ok(Some(read)) if read.records.is_empty() => {
+                        // Only damaged records, already counted: step over them.
+                        let _ = ack(&store, &name, read.lane, read.through).await;
+                        note_acked(&mut seen, &mut must_look, &read);
+                        continue;
+                    }
+                    Ok(Some(read)) => read,
                     Err(e) => {
                         log::error!("uplink {name}: cannot read the store: {e}");
                         sleep_or_shutdown(Duration::from_secs(1), &shutdown, &drain).await;
@@ -148,30 +169,25 @@ pub async fn run<S: Sink>(
         };
 
         let outcome = tokio::select! {
-            outcome = sink.send(&records) => outcome,
+            outcome = sink.send(&current.records) => outcome,
             _ = shutdown.cancelled() => {
                 log::info!("uplink {name}: shutting down; the batch in flight stays in the store");
                 break;
             }
         };
-        let first = records.first().map_or(0, |r| r.seq);
-        let last = records.last().map_or(0, |r| r.seq);
+        let first = current.records.first().map_or(0, |r| r.seq);
+        let last = current.records.last().map_or(0, |r| r.seq);
         match outcome {
             Delivery::Delivered => {
-                if let Err(e) = blocking(&store, {
-                    let name = name.clone();
-                    move |s| s.ack(&name, last)
-                })
-                .await
-                {
+                if let Err(e) = ack(&store, &name, current.lane, current.through).await {
                     // Not acknowledged: the batch will be sent again (a duplicate, never a loss).
                     log::error!(
                         "uplink {name}: delivered {first}..={last} but cannot record it: {e}"
                     );
                 }
-                cursor = last;
+                note_acked(&mut seen, &mut must_look, &current);
                 stats.update_uplink(&name, |c| {
-                    c.delivered += records.len() as u64;
+                    c.delivered += current.records.len() as u64;
                     c.batches += 1;
                     c.state = "up".into();
                 });
@@ -195,7 +211,7 @@ pub async fn run<S: Sink>(
                 log::debug!(
                     "uplink {name}: batch {first}..={last} not delivered ({reason}); retry in {delay:?}"
                 );
-                batch = Some(records);
+                batch = Some(current);
                 // While draining for shutdown, a backend that is failing will not be
                 // waited for: the batch stays in the store.
                 if drain.is_cancelled() {
@@ -210,45 +226,67 @@ pub async fn run<S: Sink>(
                     c.state = "refused".into();
                 });
                 state.transition(&name, UplinkState::Refused, &reason);
-                batch = Some(records);
-                // While draining for shutdown, a backend that is failing will not be
-                // waited for: the batch stays in the store.
+                batch = Some(current);
                 if drain.is_cancelled() {
                     break;
                 }
                 sleep_or_shutdown(delay, &shutdown, &drain).await;
             }
-            Delivery::TooLarge { reason } if records.len() > 1 => {
-                max_records = (records.len() / 2).max(1);
+            Delivery::TooLarge { reason } if current.records.len() > 1 => {
+                max_records = (current.records.len() / 2).max(1);
                 log::warn!(
                     "uplink {name}: backend refused a batch of {} records as too large ({reason}); \
                      sending at most {max_records} per batch",
-                    records.len()
+                    current.records.len()
                 );
+                must_look = true;
             }
             Delivery::TooLarge { reason } | Delivery::Rejected { reason } => {
                 log::error!(
                     "uplink {name}: backend rejected records {first}..={last} for good ({reason}); \
                      kept in the dead-letter store, moving on"
                 );
-                let count = records.len() as u64;
+                let count = current.records.len() as u64;
                 let result = blocking(&store, {
-                    let name = name.clone();
-                    move |s| s.dead_letter(&name, &records, &reason)
+                    let (name, current) = (name.clone(), current.clone());
+                    move |s| s.dead_letter(&name, &current, &reason)
                 })
                 .await;
                 if let Err(e) = result {
                     log::error!(
                         "uplink {name}: cannot set the rejected batch aside: {e}; retrying it"
                     );
+                    batch = Some(current);
                     sleep_or_shutdown(backoff.next_delay(), &shutdown, &drain).await;
                     continue;
                 }
-                cursor = last;
+                note_acked(&mut seen, &mut must_look, &current);
                 stats.update_uplink(&name, |c| c.dead_lettered += count);
             }
         }
     }
+}
+
+/// What an acknowledged batch tells the uplink about where it stands.
+fn note_acked(seen: &mut [u64; 2], must_look: &mut bool, batch: &Batch) {
+    match batch.lane {
+        Lane::Main | Lane::Priority => {
+            let l = batch.lane as usize;
+            seen[l] = seen[l].max(batch.through);
+        }
+        // Requeued records are not counted by commits: keep looking until none are left.
+        Lane::Requeued => *must_look = true,
+    }
+}
+
+async fn ack(
+    store: &Arc<dyn Store>,
+    name: &str,
+    lane: Lane,
+    through: u64,
+) -> Result<(), StoreError> {
+    let name = name.to_string();
+    blocking(store, move |s| s.ack(&name, lane, through)).await
 }
 
 /// Logs once per change of state, not once per attempt.
@@ -296,9 +334,5 @@ async fn blocking<T: Send + 'static>(
     let store = store.clone();
     tokio::task::spawn_blocking(move || f(store.as_ref()))
         .await
-        .unwrap_or_else(|e| {
-            Err(crate::store::StoreError::Io(sled::Error::Unsupported(
-                format!("store task failed: {e}"),
-            )))
-        })
+        .unwrap_or_else(|e| Err(StoreError::Task(e.to_string())))
 }
