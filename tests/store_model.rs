@@ -120,11 +120,12 @@ impl Model {
 
     /// What `read` must return.
     fn read(&self, u: usize, max: usize) -> Option<Batch> {
-        if let Some((&last, _)) = self.requeued[u].iter().take(max).last() {
+        let requeued: Vec<Record> = self.requeued[u].values().take(max).cloned().collect();
+        if let Some(last) = requeued.last() {
             return Some(Batch {
                 lane: Lane::Requeued,
-                through: last,
-                records: self.requeued[u].values().take(max).cloned().collect(),
+                through: last.seq,
+                records: requeued,
             });
         }
         for (l, lane) in [(1, Lane::Priority), (0, Lane::Main)] {

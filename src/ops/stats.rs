@@ -36,6 +36,10 @@ pub struct Stats {
     /// was open.
     pub modbus_skipped_overrun: AtomicU64,
     pub modbus_skipped_breaker: AtomicU64,
+    /// Polls not made because the store was not taking samples (back-pressure).
+    pub modbus_skipped_backpressure: AtomicU64,
+    /// QoS 0 messages dropped because the store was not taking messages.
+    pub dropped_qos0: AtomicU64,
     pub modbus_timeouts: AtomicU64,
     pub modbus_exceptions: AtomicU64,
     decode_errors_by_topic: Mutex<BTreeMap<String, u64>>,

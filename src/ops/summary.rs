@@ -84,12 +84,13 @@ pub async fn line(stats: &Stats, store: &Arc<dyn Store>, rate: f64) -> String {
     let polls = Stats::get(&stats.modbus_polls);
     if polls > 0 {
         text.push_str(&format!(
-            "; modbus polls {polls} (failed {}, timeouts {}, exceptions {}, skipped {} overrun / {} breaker)",
+            "; modbus polls {polls} (failed {}, timeouts {}, exceptions {}, skipped {} overrun / {} breaker / {} store busy)",
             Stats::get(&stats.modbus_failed_polls),
             Stats::get(&stats.modbus_timeouts),
             Stats::get(&stats.modbus_exceptions),
             Stats::get(&stats.modbus_skipped_overrun),
             Stats::get(&stats.modbus_skipped_breaker),
+            Stats::get(&stats.modbus_skipped_backpressure),
         ));
     }
     text.push_str(&format!(
@@ -122,6 +123,12 @@ pub async fn line(stats: &Stats, store: &Arc<dyn Store>, rate: f64) -> String {
             "; scored {windows} windows, anomalies started {}, model failures {}",
             Stats::get(&stats.anomaly_events),
             Stats::get(&stats.inference_failures)
+        ));
+    }
+    let dropped = Stats::get(&stats.dropped_qos0);
+    if dropped > 0 {
+        text.push_str(&format!(
+            "; QoS 0 messages dropped while the store was busy {dropped}"
         ));
     }
     text.push_str(&format!("; evicted {}", Stats::get(&stats.evicted)));

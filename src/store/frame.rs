@@ -320,7 +320,10 @@ mod tests {
         (f, bytes, offsets)
     }
 
-    fn scan(file: &File, len: u64) -> (Vec<u64>, Vec<(u64, u64)>, Option<(u64, u64)>) {
+    type Range = (u64, u64);
+
+    /// Positions of the valid frames, damaged ranges, and the tail.
+    fn scan(file: &File, len: u64) -> (Vec<u64>, Vec<Range>, Option<Range>) {
         let mut s = Scanner::new(file, SEGMENT_HEADER_LEN, len, &[]);
         let (mut pos, mut damaged, mut tail) = (Vec::new(), Vec::new(), None);
         while let Some(item) = s.next().unwrap() {

@@ -147,7 +147,7 @@ fn segment_name(first_pos: u64) -> String {
     format!("{first_pos:020}.seg")
 }
 
-fn quarantine(
+fn save_damage(
     quarantine_dir: &Path,
     lane: &str,
     seg_first: u64,
@@ -167,14 +167,20 @@ fn quarantine(
 
 /// Scans one segment file: builds its index, steps over damage (copying it to
 /// quarantine), and truncates a torn tail when it is the segment being written.
+/// Where damage found while scanning goes.
+struct Quarantine<'a> {
+    lane: &'a str,
+    dir: &'a Path,
+    /// Inspecting a store another process owns: write nothing.
+    read_only: bool,
+}
+
 fn scan_segment(
     file: Arc<File>,
     path: &Path,
     first_pos: u64,
     truncate_tail: bool,
-    lane: &str,
-    quarantine_dir: &Path,
-    read_only: bool,
+    quarantine: &Quarantine<'_>,
     on_frame: &mut dyn FnMut(&FrameMeta),
 ) -> io::Result<Segment> {
     let file_len = file.metadata()?.len();
@@ -209,7 +215,7 @@ fn scan_segment(
                     if meta.pos <= segment.last_pos || meta.pos < first_pos {
                         continue;
                     }
-                    if after_damage || segment.frames % INDEX_EVERY == 0 {
+                    if after_damage || segment.frames.is_multiple_of(INDEX_EVERY) {
                         segment.index.push(IndexPoint {
                             pos: meta.pos,
                             offset: meta.offset,
@@ -236,9 +242,16 @@ fn scan_segment(
             }
         }
     }
-    if !read_only {
+    if !quarantine.read_only {
         for &(start, end) in &damage {
-            quarantine(quarantine_dir, lane, first_pos, &segment.file, start, end)?;
+            save_damage(
+                quarantine.dir,
+                quarantine.lane,
+                first_pos,
+                &segment.file,
+                start,
+                end,
+            )?;
         }
     }
     if let Some(at) = truncate_at {
@@ -308,9 +321,11 @@ impl LaneLog {
                 &path,
                 first,
                 last && !read_only,
-                name,
-                quarantine_dir,
-                read_only,
+                &Quarantine {
+                    lane: name,
+                    dir: quarantine_dir,
+                    read_only,
+                },
                 &mut |meta| {
                     tracker.see(meta.pos);
                     max_seq = max_seq.max(meta.seq);
@@ -425,9 +440,11 @@ impl LaneLog {
             &path,
             first,
             false,
-            self.name,
-            &self.quarantine_dir,
-            self.read_only,
+            &Quarantine {
+                lane: self.name,
+                dir: &self.quarantine_dir,
+                read_only: self.read_only,
+            },
             &mut |meta| tracker.see(meta.pos),
         )?;
         let through = match self.segments.get(i + 1) {

@@ -54,6 +54,7 @@ pub async fn run(
         return;
     }
     let mut link = Link::new(config.name.clone(), config.link.clone());
+    let mut backpressured = false;
     loop {
         let index = (0..devices.len())
             .min_by_key(|&i| devices[i].schedule.next_due())
@@ -70,6 +71,34 @@ pub async fn run(
             device.schedule.advance(now);
             continue;
         }
+        // A poll has no one to send it again: it is made only when there is room for
+        // its sample. With the store full under the `block` policy, polls are skipped
+        // and counted rather than samples dropped.
+        let permit = match tx.try_reserve() {
+            Ok(permit) => {
+                if backpressured {
+                    log::info!(
+                        "modbus {}: the store takes samples again; polling resumes",
+                        config.name
+                    );
+                    backpressured = false;
+                }
+                permit
+            }
+            Err(mpsc::error::TrySendError::Full(())) => {
+                Stats::add(&stats.modbus_skipped_backpressure, 1);
+                if !backpressured {
+                    log::warn!(
+                        "modbus {}: the store is not taking samples (full, or slow disk); skipping polls until it does",
+                        config.name
+                    );
+                    backpressured = true;
+                }
+                device.schedule.advance(now);
+                continue;
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => break,
+        };
         let sample = tokio::select! {
             sample = poll(&mut link, device, &config.name, &stats) => sample,
             _ = shutdown.cancelled() => break,
@@ -84,10 +113,7 @@ pub async fn run(
             );
         }
         Stats::add(&stats.samples_in, 1);
-        tokio::select! {
-            sent = tx.send(Ingest::new(vec![sample])) => if sent.is_err() { break },
-            _ = shutdown.cancelled() => break,
-        }
+        permit.send(Ingest::new(vec![sample]));
     }
     link.close().await;
     log::info!("source {}: stopped", config.name);

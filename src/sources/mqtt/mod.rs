@@ -6,6 +6,12 @@
 //!
 //! Malformed payloads are counted per topic, logged rate-limited, and acknowledged (in
 //! order) so the broker does not redeliver them forever; the connection stays up.
+//!
+//! When the store cannot keep up (or is full under the `block` policy), decoded messages
+//! wait here while the event loop keeps running (keep-alives, the connection): QoS 1
+//! messages simply stay unacknowledged, so the broker stops sending once its in-flight
+//! window is full and holds the rest. QoS 0 messages, which the broker never holds, are
+//! dropped past [`MAX_WAITING`] and counted.
 
 pub mod decode;
 pub mod topic;
@@ -30,6 +36,10 @@ use crate::uplink::backoff::Backoff;
 /// are counted and skipped; a larger packet breaks the connection (rumqttc refuses it),
 /// so set the broker's `max_packet_size` at or below this.
 pub const MAX_PACKET: usize = 16 << 20 | 64 << 10;
+
+/// Decoded messages that may wait for room in the writer's channel. QoS 1 messages are
+/// bounded by the broker's in-flight window anyway; this bounds QoS 0.
+pub const MAX_WAITING: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MqttSourceError {
@@ -115,11 +125,25 @@ impl MqttSource {
         let mut connected = false;
         let mut failures_while_down = 0u64;
         let mut error_log = RateLimit::new(Duration::from_secs(30));
+        let mut waiting: std::collections::VecDeque<Ingest> = std::collections::VecDeque::new();
+        let mut held_back = false;
 
         loop {
             let event = tokio::select! {
-                event = eventloop.poll() => event,
+                biased;
+                permit = tx.reserve(), if !waiting.is_empty() => {
+                    match permit {
+                        Ok(permit) => permit.send(waiting.pop_front().expect("not empty")),
+                        Err(_) => break,
+                    }
+                    if waiting.is_empty() && held_back {
+                        log::info!("source {name}: the store takes messages again");
+                        held_back = false;
+                    }
+                    continue;
+                }
                 _ = shutdown.cancelled() => break,
+                event = eventloop.poll() => event,
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -168,18 +192,30 @@ impl MqttSource {
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    if !handle_publish(
-                        &config,
-                        publish,
-                        &tx,
-                        &ack_tx,
-                        &stats,
-                        &mut error_log,
-                        &shutdown,
-                    )
-                    .await
-                    {
-                        break;
+                    if waiting.len() >= MAX_WAITING && publish.qos == QoS::AtMostOnce {
+                        Stats::add(&stats.messages_in, 1);
+                        Stats::add(&stats.dropped_qos0, 1);
+                        continue;
+                    }
+                    let ingest = handle_publish(&config, publish, &ack_tx, &stats, &mut error_log);
+                    if waiting.is_empty() {
+                        match tx.try_send(ingest) {
+                            Ok(()) => continue,
+                            Err(mpsc::error::TrySendError::Closed(_)) => break,
+                            Err(mpsc::error::TrySendError::Full(ingest)) => {
+                                waiting.push_back(ingest)
+                            }
+                        }
+                    } else {
+                        waiting.push_back(ingest);
+                    }
+                    if !held_back && waiting.len() >= usize::from(config.inflight) {
+                        log::warn!(
+                            "source {name}: the store is not taking messages (full, or slow disk); \
+                             holding {} and leaving them unacknowledged, so the broker keeps the rest",
+                            waiting.len()
+                        );
+                        held_back = true;
                     }
                 }
                 Ok(_) => {}
@@ -249,17 +285,14 @@ impl MqttSource {
     }
 }
 
-/// Decodes one message and passes it to the writer. Returns false when shutdown came
-/// while waiting for room in the channel.
-async fn handle_publish(
+/// Decodes one message into what the writer commits (and then acknowledges).
+fn handle_publish(
     config: &MqttSourceConfig,
     publish: Publish,
-    tx: &mpsc::Sender<Ingest>,
     ack_tx: &mpsc::UnboundedSender<AckToken>,
     stats: &Stats,
     error_log: &mut RateLimit,
-    shutdown: &CancellationToken,
-) -> bool {
+) -> Ingest {
     Stats::add(&stats.messages_in, 1);
     let topic = publish.topic.clone();
     let sub = config
@@ -311,11 +344,7 @@ async fn handle_publish(
     };
     // Even a skipped message goes through the writer: its PUBACK must keep its place in
     // the receive order.
-    let ingest = Ingest { samples, on_commit };
-    tokio::select! {
-        sent = tx.send(ingest) => sent.is_ok(),
-        _ = shutdown.cancelled() => false,
-    }
+    Ingest { samples, on_commit }
 }
 
 async fn send_acks(client: AsyncClient, mut rx: mpsc::UnboundedReceiver<AckToken>, name: String) {
