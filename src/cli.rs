@@ -68,6 +68,74 @@ pub enum Command {
     /// Run recorded data (CSV) through the daemon's window and model code; print a score
     /// and a flag per row, and precision/recall/F1/FAR/MAR when a label column is named.
     Replay(ReplayArgs),
+    /// Inspect or change the offline store (reading is safe while the daemon runs).
+    #[command(subcommand)]
+    Buffer(BufferCommand),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StateDirArg {
+    /// The state directory; default: `gateway.state_dir` of the config.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BufferCommand {
+    /// Records buffered, per uplink still to send, dead letters, what was dropped.
+    Stats {
+        #[command(flatten)]
+        dir: StateDirArg,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The next records an uplink will send, as NDJSON (priority lane first).
+    Peek {
+        #[command(flatten)]
+        dir: StateDirArg,
+        /// Whose cursor to start from; default: the only uplink, or every live record.
+        #[arg(long)]
+        uplink: Option<String>,
+        /// How many records.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        count: usize,
+        /// Show dead letters instead (tidegate must be stopped).
+        #[arg(long)]
+        dead_letters: bool,
+    },
+    /// Every record still to send (or every dead letter), as NDJSON.
+    Export {
+        #[command(flatten)]
+        dir: StateDirArg,
+        #[arg(long)]
+        uplink: Option<String>,
+        /// Export dead letters instead (tidegate must be stopped).
+        #[arg(long)]
+        dead_letters: bool,
+        /// Output file; default: standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Send dead letters again, to the uplink that refused them (tidegate must be stopped).
+    RequeueDeadLetters {
+        #[command(flatten)]
+        dir: StateDirArg,
+        /// Only this uplink's dead letters.
+        #[arg(long)]
+        uplink: Option<String>,
+    },
+    /// Drop every record still to send, or every dead letter (tidegate must be stopped).
+    Purge {
+        #[command(flatten)]
+        dir: StateDirArg,
+        /// Drop the dead letters instead of the records.
+        #[arg(long)]
+        dead_letters: bool,
+        /// Really do it: what is purged is gone.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -193,6 +261,100 @@ pub fn main(cli: Cli) -> u8 {
         } => demo(duration, devices, interval, out),
         Command::Probe(Probe::Modbus(args)) => probe_modbus(args),
         Command::Replay(args) => replay(args),
+        Command::Buffer(command) => buffer(&cli.config, command),
+    }
+}
+
+/// The state directory: given on the command line, or the config's.
+fn state_dir_of(config_path: &std::path::Path, arg: StateDirArg) -> Result<PathBuf, u8> {
+    if let Some(dir) = arg.state_dir {
+        return Ok(dir);
+    }
+    match config::load(config_path, &SystemEnvironment) {
+        Ok(config) => Ok(config.gateway.state_dir),
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("(or name the state directory with --state-dir)");
+            Err(exit::CONFIG)
+        }
+    }
+}
+
+fn buffer(config_path: &std::path::Path, command: BufferCommand) -> u8 {
+    use crate::ops::buffer;
+    let mut stdout = std::io::stdout().lock();
+    let result = match command {
+        BufferCommand::Stats { dir, json } => {
+            state_dir_of(config_path, dir).map(|d| buffer::stats(&d, json, &mut stdout))
+        }
+        BufferCommand::Peek {
+            dir,
+            uplink,
+            count,
+            dead_letters,
+        } => state_dir_of(config_path, dir).map(|d| {
+            buffer::records(&d, uplink.as_deref(), dead_letters, count, &mut stdout).map(|_| ())
+        }),
+        BufferCommand::Export {
+            dir,
+            uplink,
+            dead_letters,
+            output,
+        } => state_dir_of(config_path, dir).map(|d| {
+            let mut file;
+            let out: &mut dyn std::io::Write = match &output {
+                Some(path) => match std::fs::File::create(path) {
+                    Ok(f) => {
+                        file = std::io::BufWriter::new(f);
+                        &mut file
+                    }
+                    Err(e) => return Err(buffer::BufferError::Output(e)),
+                },
+                None => &mut stdout,
+            };
+            let n = buffer::records(&d, uplink.as_deref(), dead_letters, usize::MAX, out)?;
+            out.flush()?;
+            if let Some(path) = &output {
+                eprintln!("exported {n} records to {}", path.display());
+            }
+            Ok(())
+        }),
+        BufferCommand::RequeueDeadLetters { dir, uplink } => {
+            state_dir_of(config_path, dir).map(|d| {
+                let n = buffer::requeue(&d, uplink.as_deref())?;
+                println!("requeued {n} dead letters; they are sent first at the next start");
+                Ok(())
+            })
+        }
+        BufferCommand::Purge {
+            dir,
+            dead_letters,
+            yes,
+        } => state_dir_of(config_path, dir).map(|d| {
+            if !yes {
+                return Err(buffer::BufferError::Refused(
+                    "purge drops data for good: add --yes to do it".into(),
+                ));
+            }
+            let n = buffer::purge(&d, dead_letters)?;
+            println!(
+                "purged {n} {}",
+                if dead_letters {
+                    "dead letters"
+                } else {
+                    "records"
+                }
+            );
+            Ok(())
+        }),
+    };
+    match result {
+        Err(code) => code,
+        Ok(Ok(())) => exit::OK,
+        Ok(Err(e)) => {
+            eprintln!("tidegate buffer: {e}");
+            exit::FAILURE
+        }
     }
 }
 

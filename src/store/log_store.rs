@@ -443,6 +443,7 @@ impl LogStore {
         inner.snap.totals.purged += purged;
         inner.dirty = true;
         drop(inner);
+        drop(_append);
         self.checkpoint()?;
         Ok(purged)
     }
