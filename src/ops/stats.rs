@@ -40,6 +40,9 @@ pub struct Stats {
     pub modbus_skipped_backpressure: AtomicU64,
     /// QoS 0 messages dropped because the store was not taking messages.
     pub dropped_qos0: AtomicU64,
+    /// The store refuses commits right now (full under `block`, disk full, I/O error):
+    /// sources that cannot be held back (a poll) stop producing instead of queueing.
+    pub store_refusing: std::sync::atomic::AtomicBool,
     pub modbus_timeouts: AtomicU64,
     pub modbus_exceptions: AtomicU64,
     decode_errors_by_topic: Mutex<BTreeMap<String, u64>>,

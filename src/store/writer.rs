@@ -85,6 +85,9 @@ pub async fn run(
     let mut pending: Vec<Ingest> = Vec::new();
     let mut last_commit = tokio::time::Instant::now() - MIN_COMMIT_SPACING;
     let mut checkpoint_due = tokio::time::Instant::now() + CHECKPOINT_INTERVAL;
+    let mut failing: Option<Failing> = None;
+    let mut checkpoint_failing = false;
+    let mut eviction_log = EvictionLog::default();
     loop {
         if pending.is_empty() {
             tokio::select! {
@@ -102,7 +105,7 @@ pub async fn run(
                 // Also while no records arrive: acknowledgements free segments, and max_age
                 // applies to a quiet store too. It writes nothing when nothing changed.
                 _ = tokio::time::sleep_until(checkpoint_due) => {
-                    checkpoint(&store).await;
+                    checkpoint(&store, &mut checkpoint_failing).await;
                     committed.send_replace(store.committed());
                     checkpoint_due = tokio::time::Instant::now() + CHECKPOINT_INTERVAL;
                     continue;
@@ -175,9 +178,18 @@ pub async fn run(
                     Stats::add(&stats.committed, appended.last_seq + 1 - appended.first_seq);
                     if appended.evicted > 0 {
                         Stats::add(&stats.evicted, appended.evicted);
-                        log::warn!(
-                            "store full: evicted the {} oldest records to make room (drop_oldest policy)",
-                            appended.evicted
+                        eviction_log.note(appended.evicted);
+                    }
+                    if let Some(since) = failing.take() {
+                        stats
+                            .store_refusing
+                            .store(false, std::sync::atomic::Ordering::Relaxed);
+                        log::info!(
+                            "store commits again after {} ({} attempts failed)",
+                            humantime::format_duration(Duration::from_secs(
+                                since.started.elapsed().as_secs()
+                            )),
+                            since.attempts
                         );
                     }
                     if durable {
@@ -185,7 +197,7 @@ pub async fn run(
                     }
                     unflushed = !durable;
                     if tokio::time::Instant::now() >= checkpoint_due {
-                        checkpoint(&store).await;
+                        checkpoint(&store, &mut checkpoint_failing).await;
                         committed.send_replace(store.committed());
                         checkpoint_due = tokio::time::Instant::now() + CHECKPOINT_INTERVAL;
                     }
@@ -197,29 +209,120 @@ pub async fn run(
                 }
             }
             Err(StoreError::Full { used, max }) => {
-                log::warn!(
-                    "store full ({used} of {max} bytes, block policy): holding {count} samples until uplinks catch up"
-                );
+                stats
+                    .store_refusing
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                if failing.get_or_insert_with(Failing::new).first() {
+                    log::warn!(
+                        "store full ({used} of {max} bytes, block policy): holding {count} samples; \
+                         sources are held back until the uplinks catch up"
+                    );
+                }
                 tokio::time::sleep(Duration::from_millis(250)).await;
+                // Acknowledgements free room only at a checkpoint.
+                checkpoint(&store, &mut checkpoint_failing).await;
             }
             Err(e) => {
                 Stats::add(&stats.store_errors, 1);
-                log::error!("store commit failed, holding {count} samples and retrying: {e}");
+                let disk_full = matches!(&e, StoreError::Io { source, .. }
+                    if source.kind() == std::io::ErrorKind::StorageFull);
+                stats
+                    .store_refusing
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                if failing.get_or_insert_with(Failing::new).first() {
+                    if disk_full {
+                        log::error!(
+                            "disk full: cannot commit ({e}); holding {count} samples, sources are held back \
+                             until space is freed (delivered records free theirs)"
+                        );
+                    } else {
+                        log::error!(
+                            "store commit failed, holding {count} samples and retrying: {e}"
+                        );
+                    }
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
+                // Delivered segments are deleted at a checkpoint: that is what frees a
+                // full disk.
+                checkpoint(&store, &mut checkpoint_failing).await;
             }
         }
     }
     // Flushes too.
-    checkpoint(&store).await;
+    checkpoint(&store, &mut checkpoint_failing).await;
     committed.send_replace(store.committed());
 }
 
-async fn checkpoint(store: &Arc<dyn Store>) {
+/// A run of failed commits: logged when it starts and when it ends, not per attempt.
+struct Failing {
+    started: std::time::Instant,
+    attempts: u64,
+}
+
+impl Failing {
+    fn new() -> Self {
+        Failing {
+            started: std::time::Instant::now(),
+            attempts: 0,
+        }
+    }
+
+    /// Counts an attempt; true for the first.
+    fn first(&mut self) -> bool {
+        self.attempts += 1;
+        self.attempts == 1
+    }
+}
+
+/// Evictions are logged when they start, then at most once a minute with the count.
+#[derive(Default)]
+struct EvictionLog {
+    last: Option<std::time::Instant>,
+    unreported: u64,
+}
+
+impl EvictionLog {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    fn note(&mut self, evicted: u64) {
+        self.unreported += evicted;
+        let due = self.last.is_none_or(|t| t.elapsed() >= Self::EVERY);
+        if due {
+            log::warn!(
+                "store full: evicted the {} oldest records to make room (drop_oldest policy){}",
+                self.unreported,
+                if self.last.is_some() {
+                    " since the last report"
+                } else {
+                    ""
+                }
+            );
+            self.last = Some(std::time::Instant::now());
+            self.unreported = 0;
+        }
+    }
+}
+
+/// Logs a failure when one starts and when it ends, not every second.
+async fn checkpoint(store: &Arc<dyn Store>, failing: &mut bool) {
     let store = store.clone();
-    match tokio::task::spawn_blocking(move || store.checkpoint()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => log::error!("store: cannot write the watermark: {e}"),
-        Err(e) => log::error!("store: watermark task failed: {e}"),
+    let result = match tokio::task::spawn_blocking(move || store.checkpoint()).await {
+        Ok(result) => result,
+        Err(e) => Err(StoreError::Task(e.to_string())),
+    };
+    match result {
+        Ok(()) if *failing => {
+            log::info!("store: checkpoints work again");
+            *failing = false;
+        }
+        Ok(()) => {}
+        Err(e) if !*failing => {
+            log::error!(
+                "store: checkpoint failed (cursors not made durable, delivered segments not deleted): {e}"
+            );
+            *failing = true;
+        }
+        Err(_) => {}
     }
 }
 

@@ -105,8 +105,17 @@ pub async fn run<S: Sink>(
     };
     // Read once at start whatever the commits say: requeued records and the backlog.
     let mut must_look = true;
+    // A main-lane batch being retried, set aside while priority records go first. It is
+    // sent again unchanged afterwards (same records, same idempotency key).
+    let mut parked: Option<Batch> = None;
     while !shutdown.is_cancelled() {
+        let priority_waiting = committed.borrow().positions[1] > seen[1];
         let current = match batch.take() {
+            Some(held) if held.lane == Lane::Main && priority_waiting => {
+                parked = Some(held);
+                must_look = true;
+                continue;
+            }
             Some(current) => current,
             None => {
                 // Mark commits seen *before* looking, so one landing in between wakes us.
@@ -146,6 +155,12 @@ pub async fn run<S: Sink>(
                 })
                 .await;
                 match read {
+                    Ok(None) if parked.is_some() => parked.take().expect("parked"),
+                    // The parked batch comes first: these would be the same records.
+                    Ok(Some(read)) if read.lane == Lane::Main && parked.is_some() => {
+                        drop(read);
+                        parked.take().expect("parked")
+                    }
                     Ok(None) => {
                         // Everything committed is delivered or gone (evicted).
                         seen = known.positions;

@@ -449,6 +449,38 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits until the daemon's log satisfies `check`; on timeout the failure shows the
+    /// end of the log, which is usually what explains it.
+    pub async fn wait_log(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&str) -> bool,
+    ) {
+        let start = Instant::now();
+        loop {
+            let text = self.log_text();
+            if check(&text) {
+                return;
+            }
+            if start.elapsed() >= timeout {
+                let tail: Vec<&str> = text.lines().rev().take(25).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                let notable: Vec<&str> = text
+                    .lines()
+                    .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+                    .take(40)
+                    .collect();
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; warnings and errors:\n{}\nthe log ends:\n{}",
+                    notable.join("\n"),
+                    tail.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }

@@ -74,7 +74,15 @@ pub async fn run(
         // A poll has no one to send it again: it is made only when there is room for
         // its sample. With the store full under the `block` policy, polls are skipped
         // and counted rather than samples dropped.
-        let permit = match tx.try_reserve() {
+        let refusing = stats
+            .store_refusing
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let reserved = if refusing {
+            Err(mpsc::error::TrySendError::Full(()))
+        } else {
+            tx.try_reserve()
+        };
+        let permit = match reserved {
             Ok(permit) => {
                 if backpressured {
                     log::info!(
