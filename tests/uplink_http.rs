@@ -216,3 +216,147 @@ async fn an_untrusted_server_certificate_is_refused_and_the_data_kept() {
         "data kept: {final_line}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_and_wrong_host_certificates_are_refused_with_the_reason() {
+    for (what, expected) in [
+        (BadServerCert::Expired, "certificate expired"),
+        (BadServerCert::WrongHost, "not valid for name"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new();
+        let backend = Backend::start_tls(Box::new(|_| 200), pki.bad_server_config(what)).await;
+        let extra = format!("tls = {{ ca_file = \"{}\" }}\n", pki.ca_pem.display());
+        let mut daemon = start(dir.path(), &backend.url, &extra);
+        daemon
+            .wait_log("the certificate refused", Duration::from_secs(30), |text| {
+                text.contains("delivery refused") && text.contains("lag ")
+            })
+            .await;
+        assert_eq!(daemon.terminate(), Some(0));
+        let log = daemon.log_text();
+        let why = log
+            .lines()
+            .find(|l| l.contains("delivery refused"))
+            .unwrap();
+        eprintln!("{what:?}: {why}");
+        assert!(why.contains(expected), "{what:?}: the log says why: {why}");
+        assert!(
+            why.contains("ERROR"),
+            "a certificate problem needs a person"
+        );
+        assert!(backend.requests().is_empty(), "{what:?}: no request passes");
+        let final_line = log.lines().find(|l| l.contains("final:")).unwrap();
+        assert!(
+            !final_line.contains("buffer 0 records"),
+            "data kept: {final_line}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_after_commit_resends_the_same_batch_under_the_same_key() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every third request is committed by the backend, then the connection drops.
+    let backend = Backend::start(Box::new(
+        |n| if n % 3 == 1 { RESET_AFTER_COMMIT } else { 200 },
+    ))
+    .await;
+    let mut daemon = start(dir.path(), &backend.url, "");
+    wait_until("several resets", Duration::from_secs(30), || {
+        backend
+            .requests()
+            .iter()
+            .filter(|r| r.status == RESET_AFTER_COMMIT)
+            .count()
+            >= 3
+    })
+    .await;
+    assert_eq!(daemon.terminate(), Some(0));
+    let requests = backend.requests();
+    let mut resets = 0;
+    for (i, r) in requests.iter().enumerate() {
+        if r.status != RESET_AFTER_COMMIT {
+            continue;
+        }
+        let Some(next) = requests.get(i + 1) else {
+            continue;
+        };
+        resets += 1;
+        assert_eq!(
+            next.idempotency_key, r.idempotency_key,
+            "the batch after a reset is the same batch, same key"
+        );
+        assert_eq!(next.records(), r.records());
+    }
+    let all: Vec<u64> = delivered_seqs(&backend);
+    let distinct: std::collections::HashSet<u64> = all.iter().copied().collect();
+    eprintln!(
+        "{resets} resets after commit; {} records received, {} distinct: every duplicate carries the key of its first copy",
+        all.len(),
+        distinct.len()
+    );
+    assert!(resets >= 3);
+    assert!(all.len() > distinct.len(), "duplicates did arrive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_backend_loses_nothing_and_backs_off_with_a_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start(Box::new(|_| 200)).await;
+    let mut daemon = start(dir.path(), &backend.url, "");
+    // Down and up every 700 ms, five times.
+    for _ in 0..5 {
+        backend.set_script(Box::new(|_| 503));
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        backend.set_script(Box::new(|_| 200));
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let last = {
+        let text = daemon.log_text();
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.contains("summary:"))
+            .unwrap()
+            .to_string();
+        line.split("committed ")
+            .nth(1)
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    wait_until(
+        "everything committed so far delivered",
+        Duration::from_secs(30),
+        || delivered_seqs(&backend).contains(&last),
+    )
+    .await;
+    assert_eq!(daemon.terminate(), Some(0));
+    let mut seqs = delivered_seqs(&backend);
+    seqs.sort();
+    seqs.dedup();
+    let lost = (1..=last)
+        .filter(|s| seqs.binary_search(s).is_err())
+        .count();
+    // The gaps between failed attempts of one batch: jittered, capped at backoff_max.
+    let requests = backend.requests();
+    let failed = requests.iter().filter(|r| r.status == 503).count();
+    let gaps: Vec<Duration> = requests
+        .windows(2)
+        .filter(|w| w[0].status == 503 && w[1].status == 503)
+        .map(|w| w[1].at - w[0].at)
+        .collect();
+    let (min, max) = (gaps.iter().min().unwrap(), gaps.iter().max().unwrap());
+    eprintln!(
+        "flapping backend (down/up every 700 ms, 5 times): {} requests, {failed} refused; \
+         retry gap while down min {min:?} max {max:?} (back-off 50ms..300ms, jittered); \
+         {last} committed, lost {lost}",
+        requests.len()
+    );
+    assert_eq!(lost, 0);
+    assert!(failed > 0);
+}

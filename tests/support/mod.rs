@@ -221,6 +221,8 @@ impl Drop for Publisher {
 
 #[derive(Clone, Debug)]
 pub struct ReceivedBatch {
+    /// When it arrived.
+    pub at: Instant,
     pub status: u16,
     pub idempotency_key: Option<String>,
     pub content_encoding: Option<String>,
@@ -235,7 +237,13 @@ impl ReceivedBatch {
 }
 
 /// Decides the status of each request from its 0-based index.
+/// The status to answer the n-th request with. [`RESET_AFTER_COMMIT`] keeps the batch
+/// (it counts as delivered) and then drops the connection without an answer.
 pub type Script = Box<dyn Fn(usize) -> u16 + Send + Sync>;
+
+/// A scripted "status": the backend commits the batch, then the connection is reset
+/// before the response is written — the case idempotency keys exist for.
+pub const RESET_AFTER_COMMIT: u16 = 999;
 
 pub struct Backend {
     pub url: String,
@@ -256,7 +264,7 @@ impl BackendState {
     async fn answer(
         self,
         req: Request<hyper::body::Incoming>,
-    ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    ) -> Result<Response<Full<Bytes>>, Box<dyn std::error::Error + Send + Sync>> {
         let header = |name: &str| {
             req.headers()
                 .get(name)
@@ -286,6 +294,7 @@ impl BackendState {
         let mut all = self.requests.lock().unwrap();
         let status = (self.script.lock().unwrap())(all.len());
         all.push(ReceivedBatch {
+            at: Instant::now(),
             status,
             idempotency_key,
             content_encoding,
@@ -293,6 +302,10 @@ impl BackendState {
             body,
         });
         drop(all);
+        if status == RESET_AFTER_COMMIT {
+            // An error from the service makes hyper close the connection unanswered.
+            return Err("connection reset after commit".into());
+        }
         let mut response = Response::builder().status(status);
         if !(200..300).contains(&status)
             && let Some(after) = self.retry_after.lock().unwrap().clone()
@@ -380,11 +393,11 @@ impl Backend {
         self.requests.lock().unwrap().clone()
     }
 
-    /// Records of the batches answered 2xx, in arrival order.
+    /// Records of the batches answered 2xx (or committed before a reset), in arrival order.
     pub fn delivered(&self) -> Vec<serde_json::Value> {
         self.requests()
             .iter()
-            .filter(|r| (200..300).contains(&r.status))
+            .filter(|r| (200..300).contains(&r.status) || r.status == RESET_AFTER_COMMIT)
             .flat_map(|r| r.records())
             .collect()
     }
@@ -587,6 +600,16 @@ pub struct Pki {
     server_chain: Vec<rustls::pki_types::CertificateDer<'static>>,
     server_key: rustls::pki_types::PrivateKeyDer<'static>,
     ca_der: rustls::pki_types::CertificateDer<'static>,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+/// What is wrong with a server certificate, for the TLS negative tests.
+#[derive(Clone, Copy, Debug)]
+pub enum BadServerCert {
+    /// Valid only in 2020.
+    Expired,
+    /// Issued for another host name.
+    WrongHost,
 }
 
 impl Pki {
@@ -630,8 +653,36 @@ impl Pki {
             server_key: rustls::pki_types::PrivateKeyDer::try_from(server_key.serialize_der())
                 .unwrap(),
             ca_der: ca.der().clone(),
+            issuer,
             dir,
         }
+    }
+
+    /// A server config whose certificate is signed by the test CA but is wrong.
+    pub fn bad_server_config(&self, what: BadServerCert) -> Arc<rustls::ServerConfig> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names = match what {
+            BadServerCert::Expired => vec!["localhost".to_string()],
+            BadServerCert::WrongHost => vec!["historian.example.com".to_string()],
+        };
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        if let BadServerCert::Expired = what {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![cert.der().clone()],
+                    rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+                )
+                .unwrap(),
+        )
     }
 
     pub fn server_config(&self, require_client_cert: bool) -> Arc<rustls::ServerConfig> {
