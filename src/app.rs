@@ -91,6 +91,7 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
     for u in &config.uplinks {
         let (backoff_min, backoff_max, retry_after_max) = match &u.kind {
             UplinkKind::Http(h) => (h.backoff.min, h.backoff.max, h.retry_after_max),
+            UplinkKind::Mqtt(m) => (m.backoff.min, m.backoff.max, m.backoff.max),
             _ => (
                 Duration::from_millis(500),
                 Duration::from_secs(30),
@@ -113,6 +114,11 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
         let task = match &u.kind {
             UplinkKind::Http(h) => {
                 let sink = HttpSink::new(&config.gateway.id, h)
+                    .map_err(|e| AppError::Setup(format!("uplink {}: {e}", u.name)))?;
+                tokio::spawn(uplink::run(sink, settings, store, rx, stats, token))
+            }
+            UplinkKind::Mqtt(m) => {
+                let sink = crate::uplink::mqtt::MqttSink::new(&u.name, &config.gateway.id, m)
                     .map_err(|e| AppError::Setup(format!("uplink {}: {e}", u.name)))?;
                 tokio::spawn(uplink::run(sink, settings, store, rx, stats, token))
             }

@@ -244,25 +244,74 @@ pub struct UplinkConfig {
 
 #[derive(Clone, Debug)]
 pub enum UplinkKind {
+    /// Also InfluxDB, which is HTTP with another body.
     Http(Box<HttpUplinkConfig>),
-    File { path: PathBuf },
-    Stdout { format: StdoutFormat },
+    Mqtt(Box<MqttUplinkConfig>),
+    File {
+        path: PathBuf,
+    },
+    Stdout {
+        format: StdoutFormat,
+    },
 }
 
 impl UplinkKind {
     pub fn label(&self) -> &'static str {
         match self {
+            UplinkKind::Http(h) if matches!(h.format, BodyFormat::InfluxLine { .. }) => "influxdb",
             UplinkKind::Http(_) => "http",
+            UplinkKind::Mqtt(_) => "mqtt",
             UplinkKind::File { .. } => "file",
             UplinkKind::Stdout { .. } => "stdout",
         }
     }
 }
 
+/// What an HTTP uplink sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// tidegate's JSON batch (README, "The uplink body").
+    Batch,
+    /// InfluxDB line protocol; `measurement` may hold `{source}` and `{device}`.
+    InfluxLine { measurement: String },
+}
+
+/// How an HTTP uplink authenticates.
+#[derive(Clone, Debug)]
+pub enum HttpAuth {
+    None,
+    /// `Authorization: Bearer <token>`.
+    Bearer(Secret),
+    /// `Authorization: Token <token>` (InfluxDB 2.x).
+    Token(Secret),
+    /// HTTP basic authentication (InfluxDB 1.x).
+    Basic {
+        username: String,
+        password: Secret,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct MqttUplinkConfig {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub tls: Option<TlsConfig>,
+    pub topic: String,
+    pub keep_alive: Duration,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub inflight: u16,
+    pub backoff: BackoffConfig,
+}
+
 #[derive(Clone, Debug)]
 pub struct HttpUplinkConfig {
     pub url: reqwest::Url,
-    pub token: Option<Secret>,
+    pub auth: HttpAuth,
+    pub format: BodyFormat,
     pub tls: TlsConfig,
     pub headers: Vec<(String, String)>,
     pub timeout: Duration,
@@ -454,13 +503,20 @@ impl Config {
             );
             let detail = match &u.kind {
                 UplinkKind::Http(h) => format!(
-                    "POST {}{}{}{}; timeout {}; retry {}..{}",
+                    "POST {}{}{}{}{}; timeout {}; retry {}..{}",
                     h.url,
+                    match &h.format {
+                        BodyFormat::Batch => String::new(),
+                        BodyFormat::InfluxLine { measurement } =>
+                            format!(" line protocol, measurement {measurement}"),
+                    },
                     if h.gzip { " (gzip)" } else { "" },
-                    h.token
-                        .as_ref()
-                        .map(|t| format!(", token {t}"))
-                        .unwrap_or_default(),
+                    match &h.auth {
+                        HttpAuth::None => String::new(),
+                        HttpAuth::Bearer(t) | HttpAuth::Token(t) => format!(", token {t}"),
+                        HttpAuth::Basic { username, password } =>
+                            format!(", user {username} password {password}"),
+                    },
                     if h.tls.client_cert_file.is_some() {
                         ", client certificate"
                     } else {
@@ -469,6 +525,29 @@ impl Config {
                     fmt_duration(h.timeout),
                     fmt_duration(h.backoff.min),
                     fmt_duration(h.backoff.max),
+                ),
+                UplinkKind::Mqtt(m) => format!(
+                    "publish each record at QoS 1 to {}{}:{} topic {} as {}{}; in flight {}; PUBACK deadline {}; retry {}..{}",
+                    if m.tls.is_some() {
+                        "mqtts://"
+                    } else {
+                        "mqtt://"
+                    },
+                    m.host,
+                    m.port,
+                    m.topic,
+                    m.client_id,
+                    m.password
+                        .as_ref()
+                        .map(|p| format!(
+                            ", user {} password {p}",
+                            m.username.as_deref().unwrap_or("")
+                        ))
+                        .unwrap_or_default(),
+                    m.inflight,
+                    fmt_duration(m.timeout),
+                    fmt_duration(m.backoff.min),
+                    fmt_duration(m.backoff.max),
                 ),
                 UplinkKind::File { path } => format!("append NDJSON to {}", path.display()),
                 UplinkKind::Stdout { format } => format!("print {format:?}"),

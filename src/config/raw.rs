@@ -358,6 +358,102 @@ fn default_retry_after_max() -> HumanDuration {
     secs(600)
 }
 
+/// `[[uplinks.influxdb]]`: writes records as line protocol to InfluxDB 1.x (`database`)
+/// or 2.x (`org` + `bucket`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInfluxUplink {
+    pub name: String,
+    /// The server, e.g. `http://127.0.0.1:8086` (the write path is added).
+    pub url: String,
+    /// 1.x: the database, and optionally its retention policy.
+    pub database: Option<String>,
+    pub retention_policy: Option<String>,
+    /// 1.x: basic authentication.
+    pub username: Option<String>,
+    pub password: Option<SecretRef>,
+    /// 2.x: organisation, bucket and API token.
+    pub org: Option<String>,
+    pub bucket: Option<String>,
+    pub token: Option<SecretRef>,
+    /// Measurement name; `{source}` and `{device}` are replaced. Default `{source}`.
+    #[serde(default = "default_measurement")]
+    pub measurement: String,
+    #[serde(default)]
+    pub tls: RawTls,
+    #[serde(default = "default_http_timeout")]
+    pub timeout: HumanDuration,
+    #[serde(default = "default_true")]
+    pub gzip: bool,
+    /// Most records (lines) per write. Default 5000, InfluxDB's recommended batch size.
+    #[serde(default = "default_influx_max_records")]
+    pub max_records: usize,
+    #[serde(default = "default_linger")]
+    pub linger: HumanDuration,
+    #[serde(default = "default_backoff_min")]
+    pub backoff_min: HumanDuration,
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max: HumanDuration,
+    #[serde(default = "default_retry_after_max")]
+    pub retry_after_max: HumanDuration,
+}
+
+fn default_measurement() -> String {
+    "{source}".into()
+}
+fn default_influx_max_records() -> usize {
+    5000
+}
+
+/// `[[uplinks.mqtt]]`: publishes each record to a (cloud) broker at QoS 1: AWS IoT Core,
+/// Azure IoT Hub, an EMQX or HiveMQ cluster.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMqttUplink {
+    pub name: String,
+    pub host: String,
+    /// Default 8883 with `tls`, 1883 without.
+    pub port: Option<u16>,
+    /// Default `tidegate-<gateway id>-<name>`.
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<SecretRef>,
+    /// Enables TLS (and mutual TLS with a client certificate).
+    pub tls: Option<RawTls>,
+    /// Topic per record; `{gateway}`, `{source}` and `{device}` are replaced.
+    /// Default `tidegate/{gateway}/{device}`.
+    #[serde(default = "default_mqtt_topic")]
+    pub topic: String,
+    #[serde(default = "default_uplink_keep_alive")]
+    pub keep_alive: HumanDuration,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    /// Deadline for every record of a batch to be acknowledged (PUBACK). Default 30s.
+    #[serde(default = "default_http_timeout")]
+    pub timeout: HumanDuration,
+    /// Publishes awaiting their PUBACK at once. Default 100, 1..=65535.
+    #[serde(default = "default_uplink_inflight")]
+    pub inflight: u16,
+    #[serde(default = "default_max_records")]
+    pub max_records: usize,
+    #[serde(default = "default_linger")]
+    pub linger: HumanDuration,
+    #[serde(default = "default_backoff_min")]
+    pub backoff_min: HumanDuration,
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max: HumanDuration,
+}
+
+fn default_mqtt_topic() -> String {
+    "tidegate/{gateway}/{device}".into()
+}
+fn default_uplink_keep_alive() -> HumanDuration {
+    secs(30)
+}
+fn default_uplink_inflight() -> u16 {
+    100
+}
+
 /// `[[uplinks.file]]`: appends records as NDJSON to a local file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

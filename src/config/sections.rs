@@ -338,13 +338,233 @@ pub(super) fn http_uplink(
         batching,
         kind: UplinkKind::Http(Box::new(HttpUplinkConfig {
             url,
-            token,
+            auth: token.map_or(HttpAuth::None, HttpAuth::Bearer),
+            format: BodyFormat::Batch,
             tls,
             headers,
             timeout: raw.timeout.0,
             gzip: raw.gzip,
             backoff,
             retry_after_max: raw.retry_after_max.0,
+        })),
+    }
+}
+
+pub(super) fn influx_uplink(
+    c: &mut Checker<'_>,
+    path: &str,
+    raw: RawInfluxUplink,
+    names: &mut HashSet<String>,
+) -> UplinkConfig {
+    c.name(&join_key(path, "name"), &raw.name, names);
+    let url_path = join_key(path, "url");
+    let mut url = match reqwest::Url::parse(&raw.url) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => url,
+        Ok(url) => {
+            c.error(
+                &url_path,
+                format!("\"{url}\" must be an http:// or https:// URL with a host"),
+            );
+            url
+        }
+        Err(e) => {
+            c.error(&url_path, format!("\"{}\" is not a URL: {e}", raw.url));
+            reqwest::Url::parse("http://invalid.invalid/").expect("constant URL parses")
+        }
+    };
+    let v1 = raw.database.is_some();
+    let v2 = raw.org.is_some() || raw.bucket.is_some();
+    let auth = if v1 && v2 {
+        c.error(
+            path,
+            "give `database` (InfluxDB 1.x) or `org` and `bucket` (2.x), not both",
+        );
+        HttpAuth::None
+    } else if v1 {
+        let base = url.path().trim_end_matches('/').to_string();
+        url.set_path(&format!("{base}/write"));
+        let mut query = url.query_pairs_mut();
+        query.append_pair("db", raw.database.as_deref().unwrap_or_default());
+        if let Some(rp) = &raw.retention_policy {
+            query.append_pair("rp", rp);
+        }
+        query.append_pair("precision", "ms");
+        drop(query);
+        if raw.token.is_some() || raw.org.is_some() {
+            c.error(
+                &join_key(path, "token"),
+                "`token` is for InfluxDB 2.x (org, bucket)",
+            );
+        }
+        let password = c.secret(&join_key(path, "password"), raw.password.as_ref());
+        match (&raw.username, password) {
+            (Some(username), Some(password)) => HttpAuth::Basic {
+                username: username.clone(),
+                password,
+            },
+            (None, None) => HttpAuth::None,
+            _ => {
+                c.error(path, "`username` and `password` go together");
+                HttpAuth::None
+            }
+        }
+    } else if v2 {
+        if raw.org.is_none() || raw.bucket.is_none() {
+            c.error(path, "InfluxDB 2.x needs both `org` and `bucket`");
+        }
+        if raw.username.is_some() || raw.retention_policy.is_some() {
+            c.error(
+                path,
+                "`username` and `retention_policy` are for InfluxDB 1.x (database)",
+            );
+        }
+        let base = url.path().trim_end_matches('/').to_string();
+        url.set_path(&format!("{base}/api/v2/write"));
+        url.query_pairs_mut()
+            .append_pair("org", raw.org.as_deref().unwrap_or_default())
+            .append_pair("bucket", raw.bucket.as_deref().unwrap_or_default())
+            .append_pair("precision", "ms");
+        match c.secret(&join_key(path, "token"), raw.token.as_ref()) {
+            Some(token) => HttpAuth::Token(token),
+            None => HttpAuth::None,
+        }
+    } else {
+        c.error(
+            path,
+            "name the target: `database` (InfluxDB 1.x) or `org` and `bucket` (2.x)",
+        );
+        HttpAuth::None
+    };
+    if raw.measurement.trim().is_empty() {
+        c.error(&join_key(path, "measurement"), "must not be empty");
+    }
+    let tls = c.tls(&join_key(path, "tls"), &raw.tls);
+    if url.scheme() == "http" && (tls.ca_file.is_some() || tls.client_cert_file.is_some()) {
+        c.error(&join_key(path, "tls"), "TLS settings need an https:// url");
+    }
+    c.range_duration(
+        &join_key(path, "timeout"),
+        raw.timeout.0,
+        Duration::from_millis(100),
+        Duration::from_secs(600),
+    );
+    let backoff = backoff(
+        c,
+        path,
+        "backoff_min",
+        raw.backoff_min.0,
+        "backoff_max",
+        raw.backoff_max.0,
+    );
+    let batching = batching(c, path, raw.max_records, raw.linger.0);
+    UplinkConfig {
+        name: raw.name,
+        batching,
+        kind: UplinkKind::Http(Box::new(HttpUplinkConfig {
+            url,
+            auth,
+            format: BodyFormat::InfluxLine {
+                measurement: raw.measurement,
+            },
+            tls,
+            headers: Vec::new(),
+            timeout: raw.timeout.0,
+            gzip: raw.gzip,
+            backoff,
+            retry_after_max: raw.retry_after_max.0,
+        })),
+    }
+}
+
+pub(super) fn mqtt_uplink(
+    c: &mut Checker<'_>,
+    path: &str,
+    raw: RawMqttUplink,
+    gateway_id: &str,
+    names: &mut HashSet<String>,
+) -> UplinkConfig {
+    c.name(&join_key(path, "name"), &raw.name, names);
+    if raw.host.trim().is_empty() {
+        c.error(&join_key(path, "host"), "must not be empty");
+    }
+    let topic_path = join_key(path, "topic");
+    if raw.topic.contains('+') || raw.topic.contains('#') {
+        c.error(
+            &topic_path,
+            "a topic to publish to cannot hold the wildcards + or #",
+        );
+    }
+    let mut rest = raw.topic.as_str();
+    while let Some(start) = rest.find('{') {
+        let Some(end) = rest[start..].find('}') else {
+            c.error(&topic_path, "an opening { without its closing }");
+            break;
+        };
+        let name = &rest[start + 1..start + end];
+        if !matches!(name, "gateway" | "source" | "device") {
+            c.error(
+                &topic_path,
+                format!(
+                    "unknown placeholder {{{name}}}: use {{gateway}}, {{source}} or {{device}}"
+                ),
+            );
+        }
+        rest = &rest[start + end + 1..];
+    }
+    let tls = raw.tls.as_ref().map(|t| c.tls(&join_key(path, "tls"), t));
+    let password = c.secret(&join_key(path, "password"), raw.password.as_ref());
+    if password.is_some() && raw.username.is_none() {
+        c.error(&join_key(path, "password"), "a password needs a `username`");
+    }
+    c.range_duration(
+        &join_key(path, "keep_alive"),
+        raw.keep_alive.0,
+        Duration::from_secs(5),
+        Duration::from_secs(3600),
+    );
+    c.range_duration(
+        &join_key(path, "connect_timeout"),
+        raw.connect_timeout.0,
+        Duration::from_secs(1),
+        Duration::from_secs(300),
+    );
+    c.range_duration(
+        &join_key(path, "timeout"),
+        raw.timeout.0,
+        Duration::from_millis(100),
+        Duration::from_secs(600),
+    );
+    if raw.inflight == 0 {
+        c.error(&join_key(path, "inflight"), "must be at least 1");
+    }
+    let backoff = backoff(
+        c,
+        path,
+        "backoff_min",
+        raw.backoff_min.0,
+        "backoff_max",
+        raw.backoff_max.0,
+    );
+    let batching = batching(c, path, raw.max_records, raw.linger.0);
+    let port = raw.port.unwrap_or(if tls.is_some() { 8883 } else { 1883 });
+    UplinkConfig {
+        name: raw.name.clone(),
+        batching,
+        kind: UplinkKind::Mqtt(Box::new(MqttUplinkConfig {
+            host: raw.host,
+            port,
+            client_id: raw
+                .client_id
+                .unwrap_or_else(|| format!("tidegate-{gateway_id}-{}", raw.name)),
+            username: raw.username,
+            password,
+            tls,
+            topic: raw.topic,
+            keep_alive: raw.keep_alive.0,
+            connect_timeout: raw.connect_timeout.0,
+            timeout: raw.timeout.0,
+            inflight: raw.inflight,
+            backoff,
         })),
     }
 }

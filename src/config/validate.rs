@@ -474,11 +474,40 @@ pub fn validate(doc: &ConfigDocument, env: &dyn Environment) -> Result<Config, V
     let mut uplinks = Vec::new();
     let mut uplink_names = HashSet::new();
     if let Some(section) = doc.merged.get("uplinks") {
-        c.table_keys(section, "uplinks", &["http", "file", "stdout"]);
+        c.table_keys(
+            section,
+            "uplinks",
+            &["http", "influxdb", "mqtt", "file", "stdout"],
+        );
         if let Some(list) = section.get("http") {
             for (path, item) in c.array_items(list, "uplinks.http") {
                 if let Some(raw) = c.section::<RawHttpUplink>(item, &path) {
                     uplinks.push(http_uplink(&mut c, &path, raw, &mut uplink_names));
+                }
+            }
+        }
+        if let Some(list) = section.get("influxdb") {
+            for (path, item) in c.array_items(list, "uplinks.influxdb") {
+                if let Some(raw) = c.section::<RawInfluxUplink>(item, &path) {
+                    uplinks.push(super::sections::influx_uplink(
+                        &mut c,
+                        &path,
+                        raw,
+                        &mut uplink_names,
+                    ));
+                }
+            }
+        }
+        if let Some(list) = section.get("mqtt") {
+            for (path, item) in c.array_items(list, "uplinks.mqtt") {
+                if let Some(raw) = c.section::<RawMqttUplink>(item, &path) {
+                    uplinks.push(super::sections::mqtt_uplink(
+                        &mut c,
+                        &path,
+                        raw,
+                        &gateway_id,
+                        &mut uplink_names,
+                    ));
                 }
             }
         }
@@ -524,7 +553,7 @@ pub fn validate(doc: &ConfigDocument, env: &dyn Environment) -> Result<Config, V
         if uplinks.is_empty() {
             c.error(
                 "uplinks",
-                "no uplinks configured: add [[uplinks.http]], [[uplinks.file]] or [[uplinks.stdout]] \
+                "no uplinks configured: add [[uplinks.http]], [[uplinks.mqtt]], [[uplinks.influxdb]], [[uplinks.file]] or [[uplinks.stdout]] \
                  (without one the store only fills up)",
             );
         }

@@ -8,14 +8,17 @@
 //! | 401, 403, 3xx | refused: data kept, ERROR logged, retried slowly |
 //! | 413 | batch too large: halve the batch, dead-letter a single record |
 //! | other 4xx | rejected for good: dead-letter, move on |
+//!
+//! The same sink writes InfluxDB line protocol ([`super::influx`]); there a 404 (no such
+//! database or bucket) is a refusal that needs a person, not a rejection of the data.
 
 use std::time::{Duration, SystemTime};
 
 use reqwest::StatusCode;
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use super::{Delivery, Sink, body};
-use crate::config::HttpUplinkConfig;
+use super::{Delivery, Sink, body, influx};
+use crate::config::{BodyFormat, HttpAuth, HttpUplinkConfig};
 use crate::sample::Record;
 use crate::tls::{self, TlsError};
 
@@ -25,6 +28,8 @@ pub struct HttpSink {
     gateway: String,
     gzip: bool,
     headers: HeaderMap,
+    format: BodyFormat,
+    basic_auth: Option<(String, crate::config::Secret)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +45,10 @@ impl HttpSink {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
+            HeaderValue::from_static(match config.format {
+                BodyFormat::Batch => "application/json",
+                BodyFormat::InfluxLine { .. } => "text/plain; charset=utf-8",
+            }),
         );
         if config.gzip {
             headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
@@ -54,16 +62,20 @@ impl HttpSink {
                 headers.insert(name, value);
             }
         }
-        if let Some(token) = &config.token {
-            let mut value =
-                HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
-                    TlsError::Pem {
-                        what: "token",
-                        path: "(secret)".into(),
-                        reason: "the token contains characters not allowed in an HTTP header"
-                            .into(),
-                    }
-                })?;
+        let credentials = match &config.auth {
+            HttpAuth::None => None,
+            HttpAuth::Bearer(token) => Some(format!("Bearer {}", token.expose())),
+            HttpAuth::Token(token) => Some(format!("Token {}", token.expose())),
+            // Added per request by reqwest, which encodes it.
+            HttpAuth::Basic { .. } => None,
+        };
+        if let Some(credentials) = credentials {
+            let mut value = HeaderValue::from_str(&credentials).map_err(|_| TlsError::Pem {
+                what: "credentials",
+                path: "(secret)".into(),
+                reason: "the token or password holds characters not allowed in an HTTP header"
+                    .into(),
+            })?;
             value.set_sensitive(true);
             headers.insert(header::AUTHORIZATION, value);
         }
@@ -85,6 +97,13 @@ impl HttpSink {
             gateway: gateway.to_string(),
             gzip: config.gzip,
             headers,
+            format: config.format.clone(),
+            basic_auth: match &config.auth {
+                HttpAuth::Basic { username, password } => {
+                    Some((username.clone(), password.clone()))
+                }
+                _ => None,
+            },
         })
     }
 }
@@ -93,15 +112,23 @@ impl Sink for HttpSink {
     async fn send(&mut self, records: &[Record]) -> Delivery {
         let (first, last) = (records[0].seq, records[records.len() - 1].seq);
         let key = body::idempotency_key(&self.gateway, first, last);
-        let payload = body::encode(&self.gateway, records, self.gzip);
-        let response = self
+        let payload = match &self.format {
+            BodyFormat::Batch => body::encode(&self.gateway, records, self.gzip),
+            BodyFormat::InfluxLine { measurement } => {
+                let lines = influx::encode(measurement, &self.gateway, records);
+                if self.gzip { body::gzip(&lines) } else { lines }
+            }
+        };
+        let mut request = self
             .client
             .post(self.url.clone())
             .headers(self.headers.clone())
             .header("Idempotency-Key", key)
-            .body(payload)
-            .send()
-            .await;
+            .body(payload);
+        if let Some((username, password)) = &self.basic_auth {
+            request = request.basic_auth(username, Some(password.expose()));
+        }
+        let response = request.send().await;
         match response {
             Ok(response) => {
                 let status = response.status();
@@ -117,7 +144,14 @@ impl Sink for HttpSink {
                     .ok()
                     .and_then(Result::ok)
                     .unwrap_or_default();
-                classify(status, retry_after, &text)
+                match (&self.format, classify(status, retry_after, &text)) {
+                    (BodyFormat::InfluxLine { .. }, Delivery::Rejected { reason })
+                        if status == StatusCode::NOT_FOUND =>
+                    {
+                        Delivery::Refused { reason }
+                    }
+                    (_, outcome) => outcome,
+                }
             }
             Err(e) => {
                 let reason = describe_error(&e);

@@ -6,7 +6,9 @@
 pub mod backoff;
 pub mod body;
 pub mod http;
+pub mod influx;
 pub mod local;
+pub mod mqtt;
 
 use std::sync::Arc;
 use std::time::Duration;

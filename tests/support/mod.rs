@@ -111,6 +111,39 @@ impl Mosquitto {
         }
     }
 
+    /// A "cloud" broker: a plain listener for test subscribers and a TLS listener that
+    /// requires a client certificate signed by the test CA. Sessions persist across a
+    /// graceful restart, so a subscriber misses nothing while the broker is down.
+    pub fn start_mtls(pki: &Pki) -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, secure_port) = (free_port(), free_port());
+        let pki_dir = pki.dir.path();
+        let text = format!(
+            "persistence true\npersistence_location {}/\nautosave_interval 0\n\
+             max_queued_messages 0\nmax_inflight_messages 100\nuser root\nlog_dest stderr\nlog_type error\n\
+             per_listener_settings true\n\
+             listener {port} 127.0.0.1\nallow_anonymous true\n\
+             listener {secure_port} 127.0.0.1\nallow_anonymous true\nrequire_certificate true\n\
+             cafile {}\ncertfile {}\nkeyfile {}\n",
+            dir.path().display(),
+            pki.ca_pem.display(),
+            pki_dir.join("server.pem").display(),
+            pki_dir.join("server.key").display(),
+        );
+        Mosquitto::launch(dir, port, Some(secure_port), text)
+    }
+
+    /// SIGTERM (mosquitto saves its persistent sessions), then starts it again on the
+    /// same ports after `down_for`.
+    pub fn restart_gracefully(&mut self, down_for: Duration) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+        std::thread::sleep(down_for);
+        self.child = spawn_broker(&self.conf, self.port);
+    }
+
     /// Stops the broker (sessions are not persisted, so they are lost) and starts it
     /// again on the same ports after `down_for`.
     pub fn restart(&mut self, down_for: Duration) {
@@ -207,6 +240,70 @@ impl Publisher {
             *acked.lock().unwrap() >= n
         })
         .await;
+    }
+}
+
+/// A real MQTT client subscribed at QoS 1 with a persistent session, collecting every
+/// message's payload (as JSON). It reconnects by itself after a broker restart.
+pub struct Subscriber {
+    messages: Arc<Mutex<Vec<(String, serde_json::Value)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscriber {
+    pub async fn start(port: u16, filter: &str) -> Subscriber {
+        let mut options = rumqttc::MqttOptions::new("test-subscriber", "127.0.0.1", port);
+        options
+            .set_keep_alive(Duration::from_secs(10))
+            .set_clean_session(false)
+            .set_max_packet_size(1 << 21, 1 << 21);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 100);
+        let messages: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
+        let sink = messages.clone();
+        let filter = filter.to_string();
+        let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
+        let mut subscribed_tx = Some(subscribed_tx);
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack))) => {
+                        if !ack.session_present {
+                            let client = client.clone();
+                            let filter = filter.clone();
+                            tokio::spawn(async move {
+                                let _ = client.subscribe(filter, rumqttc::QoS::AtLeastOnce).await;
+                            });
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        if let Some(tx) = subscribed_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        let value = serde_json::from_slice(&p.payload).unwrap_or_default();
+                        sink.lock().unwrap().push((p.topic.clone(), value));
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), subscribed_rx)
+            .await
+            .expect("the test subscriber subscribes")
+            .unwrap();
+        Subscriber { messages, task }
+    }
+
+    pub fn messages(&self) -> Vec<(String, serde_json::Value)> {
+        self.messages.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -769,4 +866,107 @@ pub fn process_usage(pid: u32) -> (f64, u64) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     (cpu, hwm)
+}
+
+// ---------------------------------------------------------------------------------------
+// InfluxDB 1.x
+
+/// A real InfluxDB 1.x (`influxd` from Debian's influxdb package) on loopback, with its
+/// data in a temporary directory.
+pub struct Influx {
+    child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Influx {
+    pub async fn start() -> Influx {
+        let dir = tempfile::tempdir().unwrap();
+        let (http, rpc) = (free_port(), free_port());
+        let d = dir.path();
+        let conf = format!(
+            "reporting-disabled = true\nbind-address = \"127.0.0.1:{rpc}\"\n\
+             [meta]\n  dir = \"{m}\"\n\
+             [data]\n  dir = \"{data}\"\n  wal-dir = \"{wal}\"\n  query-log-enabled = false\n\
+             [monitor]\n  store-enabled = false\n\
+             [http]\n  bind-address = \"127.0.0.1:{http}\"\n  log-enabled = false\n",
+            m = d.join("meta").display(),
+            data = d.join("data").display(),
+            wal = d.join("wal").display(),
+        );
+        let conf_path = d.join("influxdb.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let child = Command::new("influxd")
+            .arg("-config")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("influxd comes with the influxdb package (.ci/run installs it)");
+        let influx = Influx {
+            child,
+            url: format!("http://127.0.0.1:{http}"),
+            _dir: dir,
+        };
+        // reqwest is built without a default TLS provider.
+        tidegate::tls::install_crypto_provider();
+        let client = reqwest::Client::new();
+        let ping = format!("{}/ping", influx.url);
+        wait_until_async("influxd to answer", Duration::from_secs(30), || {
+            let client = client.clone();
+            let ping = ping.clone();
+            async move {
+                client
+                    .get(&ping)
+                    .timeout(Duration::from_secs(1))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }
+        })
+        .await;
+        influx
+    }
+
+    /// Runs an InfluxQL statement; returns the JSON answer.
+    pub async fn query(&self, db: Option<&str>, q: &str) -> serde_json::Value {
+        let mut url = reqwest::Url::parse(&format!("{}/query", self.url)).unwrap();
+        url.query_pairs_mut().append_pair("q", q);
+        if let Some(db) = db {
+            url.query_pairs_mut().append_pair("db", db);
+        }
+        let text = reqwest::Client::new()
+            .post(url)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+impl Drop for Influx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls an async check until it returns true or `timeout` passes.
+pub async fn wait_until_async<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
