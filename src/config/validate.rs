@@ -393,7 +393,7 @@ pub fn validate(doc: &ConfigDocument, env: &dyn Environment) -> Result<Config, V
             "store.max_age",
             age.0,
             Duration::from_secs(60),
-            Duration::from_secs(10 * 365 * 86_400),
+            Duration::from_secs(315_576_000),
         );
     }
     if let Some(size) = raw_store.segment_size
