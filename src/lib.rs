@@ -4,9 +4,9 @@
 //! store while the way out is closed, and forwards it in batches when the way opens.
 //!
 //! ```text
-//!  sources ──► pipeline ──► store writer ──► sled store ──► uplinks
-//!  modbus,       windows,     group commit      per-uplink     http, file,
-//!  mqtt, sim     ONNX score                     cursors        stdout
+//!  sources ──► pipeline ──► store writer ──► segment log ──► uplinks
+//!  modbus,       windows,     group commit      two lanes,      http, influxdb,
+//!  mqtt, sim     ONNX score                     cursors         mqtt, file, stdout
 //!      ◄──── PUBACK after commit ───┘
 //! ```
 //!
@@ -19,11 +19,13 @@
 //!   simulated plant).
 //! - [`pipeline`]: per-device windows and local ONNX inference (tract) that enrich each
 //!   sample with its anomaly score; replay of recorded data through the same code.
-//! - [`store`]: the durable queue (sled): append, per-uplink cursors, acknowledgement,
-//!   eviction, dead letters; and the writer task that group-commits.
-//! - [`uplink`]: batches from the store to a destination (HTTPS, NDJSON file, stdout),
-//!   with retry, back-off and dead-lettering.
-//! - [`ops`]: logging, counters, the periodic summary.
+//! - [`store`]: the durable queue: a log of checksummed frames in segment files (main
+//!   and priority lanes), per-uplink cursors, acknowledgement, eviction, `max_age`,
+//!   dead letters (sled), recovery that costs only what was damaged; and the writer task
+//!   that group-commits.
+//! - [`uplink`]: batches from the store to a destination (HTTPS, InfluxDB, a cloud MQTT
+//!   broker, NDJSON file, stdout), with retry, back-off and dead-lettering.
+//! - [`ops`]: logging, counters, the periodic summary, the `buffer` commands.
 //! - [`app`]: wires it together and runs the ordered shutdown; [`cli`]: the commands.
 //!
 //! ## Delivery contract
@@ -31,9 +33,10 @@
 //! A sample is *accepted* when a source produces it, *committed* when the store holds it
 //! (flushed to disk before the source is acknowledged, in `fsync` mode), and *delivered*
 //! when an uplink's destination confirms it (HTTP 2xx). Every committed record is
-//! delivered at least once, in sequence order per uplink, unless evicted by the
-//! `drop_oldest` policy (counted) or rejected for good by the backend (kept as a dead
-//! letter, counted). MQTT messages are acknowledged to the broker only after commit.
+//! delivered at least once, in sequence order per uplink and lane, unless evicted by the
+//! `drop_oldest` policy, older than `max_age`, damaged on disk (each counted) or rejected
+//! for good by the backend (kept as a dead letter, counted). MQTT messages are
+//! acknowledged to the broker only after commit.
 
 #![forbid(unsafe_code)]
 
