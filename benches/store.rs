@@ -27,7 +27,11 @@ fn env_or(name: &str, default: usize) -> usize {
 
 /// A sample like a Modbus poll or an MQTT message: eight numeric channels.
 fn sample(i: u64) -> Sample {
-    let mut s = Sample::new("plant", format!("pump-{}", i % 1000), 1_764_340_000_000 + i as i64);
+    let mut s = Sample::new(
+        "plant",
+        format!("pump-{}", i % 1000),
+        1_764_340_000_000 + i as i64,
+    );
     for (k, name) in [
         "flow_m3h",
         "pressure_bar",
@@ -41,8 +45,10 @@ fn sample(i: u64) -> Sample {
     .iter()
     .enumerate()
     {
-        s.fields
-            .insert((*name).into(), Value::Float((i % 97) as f64 * 0.37 + k as f64));
+        s.fields.insert(
+            (*name).into(),
+            Value::Float((i % 97) as f64 * 0.37 + k as f64),
+        );
     }
     s
 }
@@ -122,7 +128,7 @@ fn churn(base: &Path) {
             acked += batch.records.len() as u64;
             store.ack("cloud", batch.lane, batch.through).unwrap();
         }
-        if appended % 32_768 == 0 {
+        if appended.is_multiple_of(32_768) {
             store.checkpoint().unwrap();
         }
         if appended % (n / 8).max(512) < 512 && appended > lag * 2 {
@@ -161,13 +167,15 @@ fn startup(base: &Path) {
     drop(store);
     // Cold: the page cache dropped, as after a reboot (needs root; skipped otherwise).
     let _ = std::process::Command::new("sync").status();
-    let cold = std::fs::write("/proc/sys/vm/drop_caches", "3").ok().map(|_| {
-        let started = Instant::now();
-        let store = open(&dir);
-        let t = started.elapsed();
-        drop(store);
-        t
-    });
+    let cold = std::fs::write("/proc/sys/vm/drop_caches", "3")
+        .ok()
+        .map(|_| {
+            let started = Instant::now();
+            let store = open(&dir);
+            let t = started.elapsed();
+            drop(store);
+            t
+        });
     println!("## Start-up with a backlog\n");
     println!(
         "{records} records ({:.0} MiB on disk): open (every frame checked) in {:?} with the files cached, {} after dropping the page cache\n",
@@ -199,7 +207,15 @@ async fn drain(base: &Path) {
         text.lines()
             .rev()
             .find(|l| l.contains("summary:"))
-            .and_then(|l| l.split("lag ").nth(1)?.split(';').next()?.trim().parse().ok())
+            .and_then(|l| {
+                l.split("lag ")
+                    .nth(1)?
+                    .split(';')
+                    .next()?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
             .unwrap_or(0)
     };
     let backlog = backlog_at(&daemon.log_text());
@@ -218,7 +234,10 @@ async fn drain(base: &Path) {
                 break;
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(600), "drain took over 10 minutes");
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "drain took over 10 minutes"
+        );
     }
     let took = started.elapsed();
     let delivered = backend.delivered().len() - committed_before;

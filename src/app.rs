@@ -78,6 +78,7 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
         log::info!("plan: {line}");
     }
     let stats = Arc::new(Stats::default());
+    let health = Arc::new(crate::ops::health::Health::from_env());
 
     // Build everything that can fail before starting anything.
     let mut mqtt_sources = Vec::new();
@@ -98,7 +99,15 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
                 Duration::from_secs(60),
             ),
         };
+        // The longest a batch may legitimately take: the uplink's own deadline.
+        let deadline = match &u.kind {
+            UplinkKind::Http(h) => h.timeout + Duration::from_secs(5),
+            UplinkKind::Mqtt(m) => m.timeout + m.connect_timeout + Duration::from_secs(5),
+            // A batch to a local file or stdout: seconds even on slow flash.
+            _ => Duration::from_secs(10),
+        };
         let settings = UplinkSettings {
+            stage: health.stage(format!("uplink {}", u.name), deadline),
             name: u.name.clone(),
             batching: u.batching,
             backoff_min,
@@ -157,6 +166,8 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
             enriched_tx,
             stats.clone(),
             reload_rx,
+            // Each run has a 2 s deadline; a batch can take a few.
+            health.stage("the inference stage", Duration::from_secs(10)),
         ));
         (enriched_rx, Some(task))
     };
@@ -164,6 +175,8 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
         store.clone(),
         writer_rx,
         WriterSettings {
+            // A commit is one fsync; slow flash can take seconds, never this long.
+            stage: health.stage("the store writer", Duration::from_secs(30)),
             durability: config.store.durability,
             flush_interval: config.store.flush_interval,
             commit_batch: config.store.commit_batch,
@@ -196,11 +209,13 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
         )));
     }
     for modbus in &config.modbus_sources {
+        let deadline = crate::sources::modbus::bus::longest_poll(modbus) + Duration::from_secs(5);
         source_tasks.push(tokio::spawn(crate::sources::modbus::run(
             modbus.clone(),
             ingest_tx.clone(),
             stats.clone(),
             source_shutdown.clone(),
+            health.stage(format!("modbus {}", modbus.name), deadline),
         )));
     }
     drop(ingest_tx);
@@ -215,11 +230,29 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
         ))
     });
 
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    log::info!("ready");
+    let watchdog_shutdown = CancellationToken::new();
+    let watchdog_task = tokio::spawn(crate::ops::health::run(
+        health.clone(),
+        {
+            let (stats, store) = (stats.clone(), store.clone());
+            move || summary::status(&stats, &store)
+        },
+        watchdog_shutdown.clone(),
+    ));
+    crate::ops::health::notify(&[
+        "READY=1",
+        &format!("STATUS={}", summary::status(&stats, &store)),
+    ]);
+    match health.watchdog_interval() {
+        Some(interval) => log::info!(
+            "ready (watchdog every {}, pinged while every stage makes progress)",
+            humantime::format_duration(interval)
+        ),
+        None => log::info!("ready"),
+    }
 
     wait_for_stop(limits).await?;
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    crate::ops::health::notify(&["STOPPING=1"]);
     log::info!("stopping: sources first, then committing what is in flight");
 
     source_shutdown.cancel();
@@ -254,6 +287,8 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
     }
     hard_stop.abort();
     summary_shutdown.cancel();
+    watchdog_shutdown.cancel();
+    let _ = watchdog_task.await;
     if let Some(task) = summary_task {
         let _ = task.await;
     }

@@ -653,7 +653,13 @@ fn exit_code(result: Result<std::sync::Arc<crate::ops::Stats>, AppError>) -> u8 
 
 fn run_daemon(config: config::Config, limits: RunLimits) -> u8 {
     match runtime_with(config.gateway.worker_threads) {
-        Some(rt) => exit_code(rt.block_on(app::run(config, limits))),
+        Some(rt) => {
+            let code = exit_code(rt.block_on(app::run(config, limits)));
+            // A call stuck in a blocking thread (a file on a hung mount) must not keep the
+            // process from exiting: what is committed is on disk already.
+            rt.shutdown_timeout(Duration::from_secs(2));
+            code
+        }
         None => exit::FAILURE,
     }
 }

@@ -3,6 +3,7 @@
 //! commands. Owns no data path: a failure here never stops samples from flowing.
 
 pub mod buffer;
+pub mod health;
 pub mod logging;
 pub mod stats;
 pub mod summary;

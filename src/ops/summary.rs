@@ -134,3 +134,18 @@ pub async fn line(stats: &Stats, store: &Arc<dyn Store>, rate: f64) -> String {
     text.push_str(&format!("; evicted {}", Stats::get(&stats.evicted)));
     text
 }
+
+/// A short line for `systemctl status` (systemd's `STATUS=`).
+pub fn status(stats: &Stats, store: &Arc<dyn Store>) -> String {
+    let mut text = format!("committed {}", Stats::get(&stats.committed));
+    if let Ok(s) = store.stats() {
+        text.push_str(&format!("; buffer {} records", s.records));
+    }
+    let mut uplinks: Vec<(String, crate::ops::stats::UplinkCounters)> =
+        stats.uplinks().into_iter().collect();
+    uplinks.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, c) in uplinks {
+        text.push_str(&format!("; {name} {} ({} delivered)", c.state, c.delivered));
+    }
+    text
+}

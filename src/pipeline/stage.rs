@@ -88,6 +88,7 @@ pub async fn run(
     tx: mpsc::Sender<Ingest>,
     stats: Arc<Stats>,
     mut reloads: mpsc::UnboundedReceiver<Reload>,
+    stage: Arc<crate::ops::health::Stage>,
 ) {
     loop {
         let first = tokio::select! {
@@ -173,6 +174,7 @@ pub async fn run(
                 continue;
             };
             let count = origins.len();
+            let _busy = stage.busy();
             let run = tokio::task::spawn_blocking(move || {
                 model.normalise(&mut data);
                 model.score(&data, count)

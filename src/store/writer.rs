@@ -44,6 +44,8 @@ pub const MIN_COMMIT_SPACING: Duration = Duration::from_millis(5);
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 pub struct WriterSettings {
+    /// Marked busy during every store call: for the watchdog.
+    pub stage: std::sync::Arc<crate::ops::health::Stage>,
     pub durability: Durability,
     pub flush_interval: Duration,
     pub commit_batch: usize,
@@ -96,7 +98,11 @@ pub async fn run(
                     None => break,
                 },
                 _ = flush_timer.tick(), if !durable && unflushed => {
-                    if flush(&store).await.is_ok() {
+                    let flushed = {
+                        let _busy = settings.stage.busy();
+                        flush(&store).await
+                    };
+                    if flushed.is_ok() {
                         unflushed = false;
                         committed.send_replace(store.committed());
                     }
@@ -105,7 +111,7 @@ pub async fn run(
                 // Also while no records arrive: acknowledgements free segments, and max_age
                 // applies to a quiet store too. It writes nothing when nothing changed.
                 _ = tokio::time::sleep_until(checkpoint_due) => {
-                    checkpoint(&store, &mut checkpoint_failing).await;
+                    checkpoint(&store, &mut checkpoint_failing, &settings.stage).await;
                     committed.send_replace(store.committed());
                     checkpoint_due = tokio::time::Instant::now() + CHECKPOINT_INTERVAL;
                     continue;
@@ -153,6 +159,7 @@ pub async fn run(
             Ok(None)
         } else {
             let store = store.clone();
+            let _busy = settings.stage.busy();
             let appended = tokio::task::spawn_blocking(move || {
                 let result = store.append(&entries, durable);
                 (entries, result)
@@ -197,7 +204,7 @@ pub async fn run(
                     }
                     unflushed = !durable;
                     if tokio::time::Instant::now() >= checkpoint_due {
-                        checkpoint(&store, &mut checkpoint_failing).await;
+                        checkpoint(&store, &mut checkpoint_failing, &settings.stage).await;
                         committed.send_replace(store.committed());
                         checkpoint_due = tokio::time::Instant::now() + CHECKPOINT_INTERVAL;
                     }
@@ -220,7 +227,7 @@ pub async fn run(
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 // Acknowledgements free room only at a checkpoint.
-                checkpoint(&store, &mut checkpoint_failing).await;
+                checkpoint(&store, &mut checkpoint_failing, &settings.stage).await;
             }
             Err(e) => {
                 Stats::add(&stats.store_errors, 1);
@@ -244,12 +251,12 @@ pub async fn run(
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 // Delivered segments are deleted at a checkpoint: that is what frees a
                 // full disk.
-                checkpoint(&store, &mut checkpoint_failing).await;
+                checkpoint(&store, &mut checkpoint_failing, &settings.stage).await;
             }
         }
     }
     // Flushes too.
-    checkpoint(&store, &mut checkpoint_failing).await;
+    checkpoint(&store, &mut checkpoint_failing, &settings.stage).await;
     committed.send_replace(store.committed());
 }
 
@@ -304,7 +311,8 @@ impl EvictionLog {
 }
 
 /// Logs a failure when one starts and when it ends, not every second.
-async fn checkpoint(store: &Arc<dyn Store>, failing: &mut bool) {
+async fn checkpoint(store: &Arc<dyn Store>, failing: &mut bool, stage: &crate::ops::health::Stage) {
+    let _busy = stage.busy();
     let store = store.clone();
     let result = match tokio::task::spawn_blocking(move || store.checkpoint()).await {
         Ok(result) => result,

@@ -48,6 +48,8 @@ pub trait Sink: Send {
 
 pub struct UplinkSettings {
     pub name: String,
+    /// Marked busy while a batch is read, sent and acknowledged: for the watchdog.
+    pub stage: Arc<crate::ops::health::Stage>,
     pub batching: Batching,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -151,11 +153,14 @@ pub async fn run<S: Sink>(
                     }
                     continue;
                 }
-                let read = blocking(&store, {
-                    let name = name.clone();
-                    move |s| s.read(&name, max_records)
-                })
-                .await;
+                let read = {
+                    let _busy = settings.stage.busy();
+                    blocking(&store, {
+                        let name = name.clone();
+                        move |s| s.read(&name, max_records)
+                    })
+                    .await
+                };
                 match read {
                     Ok(None) if parked.is_some() => parked.take().expect("parked"),
                     // The parked batch comes first: these would be the same records.
@@ -185,6 +190,7 @@ pub async fn run<S: Sink>(
             }
         };
 
+        let busy = settings.stage.busy();
         let outcome = tokio::select! {
             outcome = sink.send(&current.records) => outcome,
             _ = shutdown.cancelled() => {
@@ -194,8 +200,10 @@ pub async fn run<S: Sink>(
         };
         let first = current.records.first().map_or(0, |r| r.seq);
         let last = current.records.last().map_or(0, |r| r.seq);
+        drop(busy);
         match outcome {
             Delivery::Delivered => {
+                let _busy = settings.stage.busy();
                 if let Err(e) = ack(&store, &name, current.lane, current.through).await {
                     // Not acknowledged: the batch will be sent again (a duplicate, never a loss).
                     log::error!(
@@ -264,11 +272,13 @@ pub async fn run<S: Sink>(
                      kept in the dead-letter store, moving on"
                 );
                 let count = current.records.len() as u64;
+                let busy = settings.stage.busy();
                 let result = blocking(&store, {
                     let (name, current) = (name.clone(), current.clone());
                     move |s| s.dead_letter(&name, &current, &reason)
                 })
                 .await;
+                drop(busy);
                 if let Err(e) = result {
                     log::error!(
                         "uplink {name}: cannot set the rejected batch aside: {e}; retrying it"

@@ -43,6 +43,7 @@ pub async fn run(
     tx: mpsc::Sender<Ingest>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
+    stage: Arc<crate::ops::health::Stage>,
 ) {
     let start = Instant::now();
     let mut devices: Vec<Device> = config
@@ -107,10 +108,12 @@ pub async fn run(
             }
             Err(mpsc::error::TrySendError::Closed(())) => break,
         };
+        let busy = stage.busy();
         let sample = tokio::select! {
             sample = poll(&mut link, device, &config.name, &stats) => sample,
             _ = shutdown.cancelled() => break,
         };
+        drop(busy);
         let skipped = device.schedule.advance(Instant::now());
         if skipped > 0 {
             Stats::add(&stats.modbus_skipped_overrun, skipped);
@@ -590,4 +593,27 @@ async fn connect_tcp(host: &str, port: u16, connect_timeout: Duration) -> Result
             humantime::format_duration(connect_timeout)
         )),
     }
+}
+
+/// The longest one poll of any device of the line may take: every read of its plan
+/// timing out on every try, with the gaps between.
+pub fn longest_poll(config: &ModbusSourceConfig) -> Duration {
+    let gap = match &config.link {
+        crate::config::ModbusLink::Rtu {
+            inter_request_delay,
+            ..
+        } => *inter_request_delay,
+        crate::config::ModbusLink::Tcp {
+            connect_timeout, ..
+        } => *connect_timeout,
+    };
+    config
+        .devices
+        .iter()
+        .map(|d| {
+            let tries = u32::from(d.retries) + 1;
+            (d.timeout + gap) * tries * (d.requests.len().max(1) as u32)
+        })
+        .max()
+        .unwrap_or_default()
 }

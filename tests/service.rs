@@ -1,0 +1,152 @@
+//! systemd integration with the real daemon and a real notification socket: READY and
+//! STATUS, and the watchdog — pinged while every stage makes progress, not pinged while
+//! one is stuck (here an uplink writing to a FIFO nobody reads, as a file on a hung mount
+//! would), pinged again once it moves.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+use tokio::net::UnixDatagram;
+
+/// The daemon, killed if the test fails before it stops it.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Collects what the daemon tells systemd, with the time it arrived.
+async fn collect(socket: &UnixDatagram, for_how_long: Duration, into: &mut Vec<(Instant, String)>) {
+    let until = Instant::now() + for_how_long;
+    let mut buf = vec![0u8; 4096];
+    while Instant::now() < until {
+        let left = until - Instant::now();
+        if let Ok(Ok(n)) = tokio::time::timeout(left, socket.recv(&mut buf)).await {
+            for line in String::from_utf8_lossy(&buf[..n]).lines() {
+                into.push((Instant::now(), line.to_string()));
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_is_pinged_only_while_every_stage_makes_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let fifo = dir.path().join("archive.fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let config = write_test_config(
+        dir.path(),
+        &format!(
+            r#"
+[[sources.simulated]]
+name = "plant"
+devices = 2
+interval = "50ms"
+
+[[uplinks.file]]
+name = "archive"
+path = "{}"
+linger = "100ms"
+"#,
+            fifo.display()
+        ),
+    );
+    let log_path = dir.path().join("tidegate.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    // systemd sets WATCHDOG_PID to the service's pid; `exec` keeps the shell's.
+    let mut child = Killed(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "WATCHDOG_PID=$$ exec {} run -c {}",
+                env!("CARGO_BIN_EXE_tidegate"),
+                config.display()
+            ))
+            .env("NOTIFY_SOCKET", &socket_path)
+            .env("WATCHDOG_USEC", "1000000")
+            .env("TIDEGATE_LOG", "info")
+            .stderr(log_file)
+            .spawn()
+            .unwrap(),
+    );
+    let read_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+
+    // The uplink opens the FIFO for its first batch and blocks: no reader. Its allowance
+    // is its deadline (10 s for a local file) plus the watchdog interval.
+    let mut said = Vec::new();
+    collect(&socket, Duration::from_secs(13), &mut said).await;
+    let ready = said
+        .iter()
+        .position(|(_, l)| l == "READY=1")
+        .expect("READY=1 sent");
+    let status = said
+        .iter()
+        .find(|(_, l)| l.starts_with("STATUS="))
+        .map(|(_, l)| l.clone());
+    let pings_before: Vec<Instant> = said[ready..]
+        .iter()
+        .filter(|(_, l)| l == "WATCHDOG=1")
+        .map(|(t, _)| *t)
+        .collect();
+    let log = read_log();
+    assert!(
+        log.contains("uplink archive has been stuck"),
+        "the stuck stage is named: {log}"
+    );
+    // Stuck: no pings for as long as it stays stuck.
+    let mut while_stuck = Vec::new();
+    collect(&socket, Duration::from_secs(3), &mut while_stuck).await;
+    let pings_while_stuck = while_stuck
+        .iter()
+        .filter(|(_, l)| l == "WATCHDOG=1")
+        .count();
+    let stuck_status = while_stuck
+        .iter()
+        .any(|(_, l)| l == "STATUS=stuck: uplink archive");
+
+    // A reader appears: the uplink moves, the pings come back.
+    let reader = std::thread::spawn({
+        let fifo = fifo.clone();
+        move || {
+            let mut f = std::fs::File::open(&fifo).unwrap();
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut f, &mut sink);
+            sink.len()
+        }
+    });
+    let mut after = Vec::new();
+    collect(&socket, Duration::from_secs(3), &mut after).await;
+    let pings_after = after.iter().filter(|(_, l)| l == "WATCHDOG=1").count();
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    let code = child.0.wait().unwrap().code();
+    let received = reader.join().unwrap();
+    eprintln!(
+        "READY, then {} pings before the uplink got stuck, {pings_while_stuck} in 3 s while stuck \
+         (status \"stuck: uplink archive\": {stuck_status}), {pings_after} in 3 s once it moved; \
+         first status {status:?}; {received} bytes reached the FIFO; exit {code:?}",
+        pings_before.len(),
+    );
+    assert!(status.is_some_and(|s| s.contains("committed")));
+    assert_eq!(pings_while_stuck, 0, "no ping while a stage is stuck");
+    assert!(stuck_status);
+    assert!(pings_after >= 2, "pinged again once it moves");
+    assert!(read_log().contains("every stage makes progress again"));
+    assert!(received > 0);
+    assert_eq!(code, Some(0));
+}
