@@ -3,7 +3,7 @@
 //! the drain rate after an outage while live data keeps flowing (the real daemon, a
 //! simulated plant and a local HTTP receiver).
 //!
-//! Run: `cargo bench --bench store`. Sizes: `TG_APPEND=200000`, `TG_CHURN=2000000`,
+//! Run: `cargo bench --bench store` (`TG_ONLY=drain` for one part). Sizes: `TG_APPEND=200000`, `TG_CHURN=2000000`,
 //! `TG_BACKLOG=1000000`, `TG_OUTAGE_S=60`. Files go to `TG_BENCH_DIR` (default: a
 //! temporary directory under /var/tmp, on disk rather than tmpfs).
 
@@ -264,8 +264,19 @@ async fn main() {
     };
     let tmp = tempfile::tempdir_in(&base).unwrap();
     println!("# Store benchmark ({})\n", tmp.path().display());
-    appends(tmp.path());
-    churn(tmp.path());
-    startup(tmp.path());
-    drain(tmp.path()).await;
+    // TG_ONLY=drain (or appends, churn, startup) runs one part.
+    let only = std::env::var("TG_ONLY").unwrap_or_default();
+    let run = |part: &str| only.is_empty() || only == part;
+    if run("appends") {
+        appends(tmp.path());
+    }
+    if run("churn") {
+        churn(tmp.path());
+    }
+    if run("startup") {
+        startup(tmp.path());
+    }
+    if run("drain") {
+        drain(tmp.path()).await;
+    }
 }

@@ -1,29 +1,25 @@
 //! The composition root: config → store, writer, sources, uplinks, summary → wait for a
 //! signal → ordered shutdown. Shutdown order is what keeps it lossless: sources stop
 //! first, the writer commits everything they handed over, then the uplinks stop (an
-//! upload in flight is abandoned and stays in the store).
+//! upload in flight is abandoned and stays in the store). SIGHUP re-reads the config
+//! ([`supervise`] restarts what changed) and the model files.
+
+mod supervise;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Durability, UplinkKind};
+use crate::config::{Config, Durability};
 use crate::ops::{Stats, summary};
-use crate::sources::mqtt::MqttSource;
-use crate::sources::sim::SimulatedPlant;
 use crate::store::writer::{self, Ingest, WriterSettings};
 use crate::store::{LogStore, Store, StoreError};
-use crate::uplink::http::HttpSink;
-use crate::uplink::local::{FileSink, StdoutSink};
-use crate::uplink::{self, UplinkSettings};
 
 /// Samples (in source events) that may wait for the writer before sources feel
 /// back-pressure.
 const INGEST_QUEUE: usize = 1024;
-const SOURCE_STOP_GRACE: Duration = Duration::from_secs(5);
 const WRITER_DRAIN_GRACE: Duration = Duration::from_secs(15);
 const UPLINK_STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -44,10 +40,11 @@ pub enum AppError {
     Signals(std::io::Error),
 }
 
-/// When to stop besides a signal.
-#[derive(Debug, Clone, Copy, Default)]
+/// When to stop besides a signal, and where the config came from (for SIGHUP).
+#[derive(Debug, Clone, Default)]
 pub struct RunLimits {
     pub duration: Option<Duration>,
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 /// Runs the gateway until SIGTERM/SIGINT (or the duration limit).
@@ -80,78 +77,20 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
     let stats = Arc::new(Stats::default());
     let health = Arc::new(crate::ops::health::Health::from_env());
 
-    // Build everything that can fail before starting anything.
-    let mut mqtt_sources = Vec::new();
-    for source in &config.mqtt_sources {
-        mqtt_sources
-            .push(MqttSource::new(source.clone()).map_err(|e| AppError::Setup(e.to_string()))?);
-    }
     let (committed_tx, committed_rx) = watch::channel(store.committed());
-    let uplink_signals = uplink::StopSignals::default();
-    let mut uplink_tasks: Vec<JoinHandle<()>> = Vec::new();
-    for u in &config.uplinks {
-        let (backoff_min, backoff_max, retry_after_max) = match &u.kind {
-            UplinkKind::Http(h) => (h.backoff.min, h.backoff.max, h.retry_after_max),
-            UplinkKind::Mqtt(m) => (m.backoff.min, m.backoff.max, m.backoff.max),
-            _ => (
-                Duration::from_millis(500),
-                Duration::from_secs(30),
-                Duration::from_secs(60),
-            ),
-        };
-        // The longest a batch may legitimately take: the uplink's own deadline.
-        let deadline = match &u.kind {
-            UplinkKind::Http(h) => h.timeout + Duration::from_secs(5),
-            UplinkKind::Mqtt(m) => m.timeout + m.connect_timeout + Duration::from_secs(5),
-            // A batch to a local file or stdout: seconds even on slow flash.
-            _ => Duration::from_secs(10),
-        };
-        let settings = UplinkSettings {
-            stage: health.stage(format!("uplink {}", u.name), deadline),
-            name: u.name.clone(),
-            batching: u.batching,
-            backoff_min,
-            backoff_max,
-            retry_after_max,
-        };
-        let (store, rx, stats, token) = (
-            store.clone(),
-            committed_rx.clone(),
-            stats.clone(),
-            uplink_signals.clone(),
-        );
-        let task = match &u.kind {
-            UplinkKind::Http(h) => {
-                let sink = HttpSink::new(&config.gateway.id, h)
-                    .map_err(|e| AppError::Setup(format!("uplink {}: {e}", u.name)))?;
-                tokio::spawn(uplink::run(sink, settings, store, rx, stats, token))
-            }
-            UplinkKind::Mqtt(m) => {
-                let sink = crate::uplink::mqtt::MqttSink::new(&u.name, &config.gateway.id, m)
-                    .map_err(|e| AppError::Setup(format!("uplink {}: {e}", u.name)))?;
-                tokio::spawn(uplink::run(sink, settings, store, rx, stats, token))
-            }
-            UplinkKind::File { path } => tokio::spawn(uplink::run(
-                FileSink::new(path.clone()),
-                settings,
-                store,
-                rx,
-                stats,
-                token,
-            )),
-            UplinkKind::Stdout { format } => tokio::spawn(uplink::run(
-                StdoutSink::new(*format),
-                settings,
-                store,
-                rx,
-                stats,
-                token,
-            )),
-        };
-        uplink_tasks.push(task);
-    }
-
     let (ingest_tx, ingest_rx) = mpsc::channel::<Ingest>(INGEST_QUEUE);
+    let mut shared = supervise::Shared {
+        gateway_id: config.gateway.id.clone(),
+        store: store.clone(),
+        stats: stats.clone(),
+        health: health.clone(),
+        committed: committed_rx,
+        ingest: Some(ingest_tx),
+    };
+    // Builds every source and uplink before starting any: a set-up error starts nothing.
+    let mut supervisor = supervise::Supervisor::default();
+    supervisor.start_all(&shared, &config)?;
+
     // With models, the enrichment stage sits between the sources and the writer.
     let (writer_rx, pipeline_task) = if config.models.is_empty() {
         (ingest_rx, None)
@@ -186,40 +125,6 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
         stats.clone(),
     ));
 
-    let source_shutdown = CancellationToken::new();
-    let mut source_tasks: Vec<JoinHandle<()>> = Vec::new();
-    for source in mqtt_sources {
-        source_tasks.push(tokio::spawn(source.run(
-            ingest_tx.clone(),
-            stats.clone(),
-            source_shutdown.clone(),
-        )));
-    }
-    for sim in &config.simulated_sources {
-        let plant = SimulatedPlant {
-            source: sim.name.clone(),
-            devices: sim.devices,
-            interval: sim.interval,
-            seed: sim.seed,
-        };
-        source_tasks.push(tokio::spawn(plant.run(
-            ingest_tx.clone(),
-            stats.clone(),
-            source_shutdown.clone(),
-        )));
-    }
-    for modbus in &config.modbus_sources {
-        let deadline = crate::sources::modbus::bus::longest_poll(modbus) + Duration::from_secs(5);
-        source_tasks.push(tokio::spawn(crate::sources::modbus::run(
-            modbus.clone(),
-            ingest_tx.clone(),
-            stats.clone(),
-            source_shutdown.clone(),
-            health.stage(format!("modbus {}", modbus.name), deadline),
-        )));
-    }
-    drop(ingest_tx);
-
     let summary_shutdown = CancellationToken::new();
     let summary_task = config.log.summary_interval.map(|interval| {
         tokio::spawn(summary::run(
@@ -251,16 +156,30 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
         None => log::info!("ready"),
     }
 
-    wait_for_stop(limits).await?;
+    let mut running_config = config;
+    let mut signals = Signals::new(limits.duration)?;
+    loop {
+        match signals.next().await {
+            Event::Stop => break,
+            Event::Reload => {
+                crate::ops::health::notify(&["RELOADING=1"]);
+                reload(
+                    limits.config_path.as_deref(),
+                    &mut running_config,
+                    &mut supervisor,
+                    &shared,
+                )
+                .await;
+                crate::ops::health::notify(&["READY=1"]);
+            }
+        }
+    }
     crate::ops::health::notify(&["STOPPING=1"]);
     log::info!("stopping: sources first, then committing what is in flight");
 
-    source_shutdown.cancel();
-    for task in source_tasks {
-        if tokio::time::timeout(SOURCE_STOP_GRACE, task).await.is_err() {
-            log::warn!("a source did not stop within {SOURCE_STOP_GRACE:?}");
-        }
-    }
+    supervisor.stop_sources(&health).await;
+    // The last sender: once the writer has what the sources handed over, it finishes.
+    shared.ingest = None;
     if let Some(task) = pipeline_task
         && tokio::time::timeout(WRITER_DRAIN_GRACE, task)
             .await
@@ -276,16 +195,7 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
     }
     // Give the uplinks a moment to send what was just committed; whatever they cannot
     // send in time stays in the store for the next start.
-    uplink_signals.drain.cancel();
-    let stopper = uplink_signals.stop.clone();
-    let hard_stop = tokio::spawn(async move {
-        tokio::time::sleep(UPLINK_STOP_GRACE).await;
-        stopper.cancel();
-    });
-    for task in uplink_tasks {
-        let _ = task.await;
-    }
-    hard_stop.abort();
+    supervisor.drain_uplinks(UPLINK_STOP_GRACE).await;
     summary_shutdown.cancel();
     watchdog_shutdown.cancel();
     let _ = watchdog_task.await;
@@ -300,10 +210,96 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
     );
     let store_for_flush = store.clone();
     let _ = tokio::task::spawn_blocking(move || store_for_flush.flush()).await;
-    if config.store.durability == Durability::Interval {
+    if running_config.store.durability == Durability::Interval {
         log::debug!("store flushed at shutdown");
     }
     Ok(stats)
+}
+
+/// Re-reads the config. An invalid one is refused, with every error logged, and the
+/// running config stays; a valid one replaces the sources and uplinks that changed. What
+/// cannot change without a restart is named.
+async fn reload(
+    path: Option<&std::path::Path>,
+    running: &mut Config,
+    supervisor: &mut supervise::Supervisor,
+    shared: &supervise::Shared,
+) {
+    let Some(path) = path else {
+        log::info!("SIGHUP: no config file to re-read (the demo); model files are re-read");
+        return;
+    };
+    let path = path.to_path_buf();
+    let loaded = tokio::task::spawn_blocking(move || {
+        crate::config::load(&path, &crate::config::SystemEnvironment)
+    })
+    .await;
+    let new = match loaded {
+        Ok(Ok(config)) => config,
+        Ok(Err(e)) => {
+            log::error!("reload refused, the running config stays:");
+            for line in e.to_string().lines() {
+                log::error!("{line}");
+            }
+            return;
+        }
+        Err(e) => {
+            log::error!("reload failed, the running config stays: {e}");
+            return;
+        }
+    };
+    for (what, changed) in [
+        ("[gateway]", new.gateway != running.gateway),
+        ("[store]", new.store != running.store),
+        ("[[models]] bindings", new.models != running.models),
+        (
+            "[log] summary_interval",
+            new.log.summary_interval != running.log.summary_interval,
+        ),
+    ] {
+        if changed {
+            log::warn!(
+                "reload: {what} changed; that takes effect at the next start (systemctl restart tidegate)"
+            );
+        }
+    }
+    if new.log.level != running.log.level {
+        crate::ops::logging::init(new.log.level);
+        log::info!("reload: log level now {}", new.log.level);
+    }
+    match supervisor.apply(shared, &new).await {
+        Ok(changes) if changes.is_empty() => {
+            log::info!("reload: no source or uplink changed");
+        }
+        Ok(changes) => {
+            let list = |v: &[String]| {
+                if v.is_empty() {
+                    "none".to_string()
+                } else {
+                    v.join(", ")
+                }
+            };
+            log::info!(
+                "reload: started {}; restarted {}; stopped {}; the rest kept running",
+                list(&changes.started),
+                list(&changes.restarted),
+                list(&changes.stopped)
+            );
+            for line in new.describe().lines() {
+                log::info!("plan: {line}");
+            }
+        }
+        Err(e) => {
+            log::error!("reload refused, the running config stays: {e}");
+            return;
+        }
+    }
+    running.log = new.log.clone();
+    running.mqtt_sources = new.mqtt_sources;
+    running.modbus_sources = new.modbus_sources;
+    running.simulated_sources = new.simulated_sources;
+    running.uplinks = new.uplinks;
+    running.files = new.files;
 }
 
 /// Loads every model binding. A model that cannot be loaded is logged as an ERROR and its
@@ -407,26 +403,45 @@ async fn reload_models_on_sighup(
     }
 }
 
-async fn wait_for_stop(limits: RunLimits) -> Result<(), AppError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(AppError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(AppError::Signals)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(AppError::Signals)?;
-    let deadline = async {
-        match limits.duration {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            _ = term.recv() => { log::info!("SIGTERM received"); return Ok(()); }
-            _ = int.recv() => { log::info!("SIGINT received"); return Ok(()); }
-            _ = hup.recv() => {
-                                log::info!("SIGHUP received: model files are re-read; other config changes take effect at the next start");
+enum Event {
+    Stop,
+    Reload,
+}
+
+/// SIGTERM / SIGINT stop, SIGHUP reloads, and the optional run-time limit stops.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl Signals {
+    fn new(duration: Option<Duration>) -> Result<Self, AppError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).map_err(AppError::Signals)?,
+            int: signal(SignalKind::interrupt()).map_err(AppError::Signals)?,
+            hup: signal(SignalKind::hangup()).map_err(AppError::Signals)?,
+            deadline: duration.map(|d| tokio::time::Instant::now() + d),
+        })
+    }
+
+    async fn next(&mut self) -> Event {
+        let deadline = async {
+            match self.deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
             }
-            _ = &mut deadline => { log::info!("run duration reached"); return Ok(()); }
+        };
+        tokio::select! {
+            _ = self.term.recv() => { log::info!("SIGTERM received"); Event::Stop }
+            _ = self.int.recv() => { log::info!("SIGINT received"); Event::Stop }
+            _ = self.hup.recv() => {
+                log::info!("SIGHUP received: re-reading the config and the model files");
+                Event::Reload
+            }
+            _ = deadline => { log::info!("run duration reached"); Event::Stop }
         }
     }
 }

@@ -615,7 +615,13 @@ fn run(path: &std::path::Path) -> u8 {
         }
     };
     logging::init(config.log.level);
-    run_daemon(config, RunLimits::default())
+    run_daemon(
+        config,
+        RunLimits {
+            duration: None,
+            config_path: Some(path.to_path_buf()),
+        },
+    )
 }
 
 fn runtime() -> Option<tokio::runtime::Runtime> {
@@ -763,7 +769,14 @@ fn demo(duration: Option<Duration>, devices: usize, interval: Duration, out: Pat
                 None => ", Ctrl-C to stop".to_string(),
             }
         );
-        let code = exit_code(app::run(config, RunLimits { duration }).await);
+        let code = exit_code(app::run(
+            config,
+            RunLimits {
+                duration,
+                config_path: None,
+            },
+        )
+        .await);
         plant_shutdown.cancel();
         code
     });

@@ -75,7 +75,7 @@ pub struct Config {
     pub files: Vec<PathBuf>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct GatewayConfig {
     pub id: String,
     pub state_dir: PathBuf,
@@ -83,14 +83,14 @@ pub struct GatewayConfig {
     pub worker_threads: usize,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LogConfig {
     pub level: log::LevelFilter,
     /// `None` turns the periodic summary off.
     pub summary_interval: Option<Duration>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct StoreConfig {
     pub max_bytes: u64,
     pub full_policy: FullPolicy,
@@ -133,7 +133,7 @@ impl Default for PriorityRules {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TlsConfig {
     pub ca_file: Option<PathBuf>,
     pub client_cert_file: Option<PathBuf>,
@@ -146,7 +146,7 @@ pub struct BackoffConfig {
     pub max: Duration,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct MqttSourceConfig {
     pub name: String,
     pub host: String,
@@ -164,7 +164,7 @@ pub struct MqttSourceConfig {
 }
 
 /// A model binding: which model scores which devices.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ModelBindingConfig {
     pub name: String,
     pub path: PathBuf,
@@ -175,7 +175,7 @@ pub struct ModelBindingConfig {
 }
 
 /// A Modbus TCP endpoint or serial line, with its devices.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ModbusSourceConfig {
     pub name: String,
     pub link: ModbusLink,
@@ -199,7 +199,7 @@ pub enum ModbusLink {
     },
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ModbusDeviceConfig {
     pub name: String,
     pub unit: u8,
@@ -211,7 +211,7 @@ pub struct ModbusDeviceConfig {
     pub requests: Vec<crate::sources::modbus::plan::ReadRequest>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SimulatedSourceConfig {
     pub name: String,
     pub devices: usize,
@@ -219,7 +219,7 @@ pub struct SimulatedSourceConfig {
     pub seed: u64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SubscriptionConfig {
     pub filter: String,
     pub qos: u8,
@@ -235,14 +235,14 @@ pub struct Batching {
     pub linger: Duration,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct UplinkConfig {
     pub name: String,
     pub batching: Batching,
     pub kind: UplinkKind,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum UplinkKind {
     /// Also InfluxDB, which is HTTP with another body.
     Http(Box<HttpUplinkConfig>),
@@ -277,7 +277,7 @@ pub enum BodyFormat {
 }
 
 /// How an HTTP uplink authenticates.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum HttpAuth {
     None,
     /// `Authorization: Bearer <token>`.
@@ -291,7 +291,7 @@ pub enum HttpAuth {
     },
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct MqttUplinkConfig {
     pub host: String,
     pub port: u16,
@@ -307,7 +307,7 @@ pub struct MqttUplinkConfig {
     pub backoff: BackoffConfig,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct HttpUplinkConfig {
     pub url: reqwest::Url,
     pub auth: HttpAuth,

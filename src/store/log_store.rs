@@ -677,6 +677,35 @@ impl Store for LogStore {
         ))
     }
 
+    fn add_uplink(&self, uplink: &str) -> Result<(), StoreError> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        if inner.snap.uplinks.contains_key(uplink) {
+            return Ok(());
+        }
+        let start = heads(&inner.snap);
+        inner.snap.uplinks.insert(uplink.to_string(), start);
+        inner.snap.generation += 1;
+        inner.dirty = true;
+        inner.files.write_volatile(&inner.snap).map_err(self.io())
+    }
+
+    fn remove_uplink(&self, uplink: &str) -> Result<(), StoreError> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        if inner.snap.uplinks.remove(uplink).is_none() {
+            return Ok(());
+        }
+        let new_heads = heads(&inner.snap);
+        for (l, lane) in inner.lanes.iter_mut().enumerate() {
+            lane.advance_head(new_heads[l])
+                .map_err(io_err(&self.state_dir))?;
+        }
+        inner.snap.generation += 1;
+        inner.dirty = true;
+        inner.files.write_volatile(&inner.snap).map_err(self.io())
+    }
+
     fn committed(&self) -> Committed {
         let inner = self.lock();
         Committed {

@@ -191,4 +191,8 @@ pub trait Store: Send + Sync + 'static {
     fn stats(&self) -> Result<StoreStats, StoreError>;
     /// What readers can see now.
     fn committed(&self) -> Committed;
+    /// A new uplink (a reload added it): it starts at the oldest record held.
+    fn add_uplink(&self, uplink: &str) -> Result<(), StoreError>;
+    /// An uplink is gone (a reload removed it): its cursor no longer holds records back.
+    fn remove_uplink(&self, uplink: &str) -> Result<(), StoreError>;
 }
