@@ -114,7 +114,7 @@ impl Changes {
 
 /// A built, not yet running, uplink: everything that can fail is done.
 enum BuiltSink {
-    Http(HttpSink),
+    Http(Box<HttpSink>),
     Mqtt(Box<crate::uplink::mqtt::MqttSink>),
     File(FileSink),
     Stdout(StdoutSink),
@@ -203,7 +203,7 @@ impl Supervisor {
             signals.clone(),
         );
         let task = match sink {
-            BuiltSink::Http(s) => tokio::spawn(uplink::run(s, settings, store, rx, stats, token)),
+            BuiltSink::Http(s) => tokio::spawn(uplink::run(*s, settings, store, rx, stats, token)),
             BuiltSink::Mqtt(s) => tokio::spawn(uplink::run(*s, settings, store, rx, stats, token)),
             BuiltSink::File(s) => tokio::spawn(uplink::run(s, settings, store, rx, stats, token)),
             BuiltSink::Stdout(s) => tokio::spawn(uplink::run(s, settings, store, rx, stats, token)),
