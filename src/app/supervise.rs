@@ -123,9 +123,9 @@ enum BuiltSink {
 fn build_sink(gateway: &str, u: &UplinkConfig) -> Result<BuiltSink, AppError> {
     let setup = |e: String| AppError::Setup(format!("uplink {}: {e}", u.name));
     Ok(match &u.kind {
-        UplinkKind::Http(h) => {
-            BuiltSink::Http(HttpSink::new(gateway, h).map_err(|e| setup(e.to_string()))?)
-        }
+        UplinkKind::Http(h) => BuiltSink::Http(Box::new(
+            HttpSink::new(gateway, h).map_err(|e| setup(e.to_string()))?,
+        )),
         UplinkKind::Mqtt(m) => BuiltSink::Mqtt(Box::new(
             crate::uplink::mqtt::MqttSink::new(&u.name, gateway, m)
                 .map_err(|e| setup(e.to_string()))?,
