@@ -1,13 +1,22 @@
-//! End-to-end throughput: a real mosquitto, the release `tidegate` binary, and a local HTTP
-//! receiver. Publishes `TG_MESSAGES` QoS 1 messages (default 100000) from `TG_DEVICES`
-//! devices (default 100) as fast as the broker takes them, and reports the time until the
-//! receiver has every record, the rate, duplicates, and the daemon's CPU time and peak RSS.
+//! End to end with real parts: mosquitto, the release `tidegate` binary (fsync store,
+//! the bundled ONNX model scoring every sample), and a local HTTP receiver. Publishes at
+//! a fixed rate from D devices for T seconds and reports delivered fraction, duplicates,
+//! publish-to-receipt latency (p50, p99), the daemon's CPU seconds per 10k messages and
+//! peak RSS; also idle RSS with the model loaded and start-up time to ready.
 //!
-//! Run: `cargo bench --bench e2e_mqtt_http` (needs mosquitto installed).
+//! Run: `cargo bench --bench e2e_mqtt_http`. Settings (environment):
+//! - `TG_RATE` messages/s (default 2000), `TG_SECONDS` (20), `TG_DEVICES` (1000),
+//!   `TG_QOS` 0 or 1 (1), `TG_MODEL` 0 or 1 (1);
+//! - `TG_FIND_MAX=1`: raises the rate until a run delivers less than 99.9% or its p99 is
+//!   2 s or more, and reports the highest rate that passed.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -19,87 +28,305 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+#[derive(Clone, Copy)]
+struct Load {
+    rate: usize,
+    seconds: usize,
+    devices: usize,
+    qos: u8,
+    model: bool,
+}
+
+struct Outcome {
+    published: usize,
+    delivered: usize,
+    distinct: usize,
+    p50_ms: i64,
+    p99_ms: i64,
+    cpu_per_10k: f64,
+    peak_rss_mib: f64,
+}
+
+fn config(dir: &Path, port: u16, url: &str, load: Load) -> PathBuf {
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/pump-demo.onnx");
+    let models = if load.model {
+        format!(
+            "\n[[models]]\nname = \"pumps\"\npath = \"{}\"\ndevices = [\"pump-*\"]\n",
+            model.display()
+        )
+    } else {
+        String::new()
+    };
+    let path = write_test_config(
+        dir,
+        &format!(
+            r#"
+[[sources.mqtt]]
+name = "local"
+port = {port}
+client_id = "tidegate-bench"
+inflight = 1000
+
+[[sources.mqtt.subscriptions]]
+filter = "plant/+/+/telemetry"
+qos = {qos}
+topic_template = "plant/{{line}}/{{device}}/telemetry"
+timestamp_field = "ts"
+{models}
+[[uplinks.http]]
+name = "cloud"
+url = "{url}"
+max_records = 1000
+linger = "100ms"
+backoff_min = "50ms"
+backoff_max = "500ms"
+"#,
+            qos = load.qos
+        ),
+    );
+    // A summary every 10 s, as a production gateway would log (rather than every second).
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("summary_interval = \"1s\"", "summary_interval = \"10s\"");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn payload(n: usize, ts: i64) -> String {
+    format!(
+        "{{\"ts\":{ts},\"n\":{n},\"flow_m3h\":{:.3},\"pressure_bar\":{:.3},\"temperature_c\":{:.2},\"vibration_mm_s\":{:.3},\"current_a\":{:.2},\"speed_hz\":49.9,\"power_kw\":{:.2},\"running\":true}}",
+        36.0 + (n % 17) as f64 * 0.05,
+        5.0 + (n % 13) as f64 * 0.002,
+        51.0 + (n % 7) as f64 * 0.1,
+        2.0 + (n % 5) as f64 * 0.02,
+        12.5 + (n % 3) as f64 * 0.1,
+        7.0 + (n % 11) as f64 * 0.01
+    )
+}
+
+/// Publishes `load.rate` messages a second for `load.seconds`, in 10 ms ticks, from two
+/// clients (one MQTT connection tops out below what the broker takes).
+async fn publish(port: u16, load: Load) -> usize {
+    let qos = if load.qos == 0 {
+        rumqttc::QoS::AtMostOnce
+    } else {
+        rumqttc::QoS::AtLeastOnce
+    };
+    let total = load.rate * load.seconds;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for client_no in 0..2 {
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut options =
+                rumqttc::MqttOptions::new(format!("bench-pub-{client_no}"), "127.0.0.1", port);
+            options
+                .set_keep_alive(Duration::from_secs(30))
+                .set_inflight(1000);
+            let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10_000);
+            let driver = tokio::spawn(async move {
+                loop {
+                    if eventloop.poll().await.is_err() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            });
+            let per_tick = (load.rate / 100).max(1);
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            loop {
+                tick.tick().await;
+                for _ in 0..per_tick / 2 + client_no * (per_tick % 2) {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= total {
+                        // Give the last publishes time to leave.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        driver.abort();
+                        return;
+                    }
+                    let topic = format!("plant/bench/pump-{}/telemetry", n % load.devices);
+                    let ts = tidegate::sample::now_ms();
+                    let _ = client.publish(topic, qos, false, payload(n, ts)).await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let sent = next.load(Ordering::Relaxed).min(total);
+    let took = started.elapsed().as_secs_f64();
+    if took > load.seconds as f64 * 1.2 {
+        eprintln!("  (the publishers fell behind: {sent} in {took:.1} s)");
+    }
+    sent
+}
+
+async fn run(load: Load) -> Outcome {
+    let dir = tempfile::tempdir().unwrap();
+    let mqtt = Mosquitto::start();
+    let backend = Backend::start(Box::new(|_| 200)).await;
+    let config = config(dir.path(), mqtt.port, &backend.url, load);
+    let mut daemon = Daemon::start_at_level(&config, &dir.path().join("tidegate.log"), "info");
+    daemon
+        .wait_log("the subscription", Duration::from_secs(30), |t| {
+            t.contains("subscribed to")
+        })
+        .await;
+    let pid = daemon.pid();
+    let (cpu_before, _) = process_usage(pid);
+    let published = publish(mqtt.port, load).await;
+    // Everything that will arrive arrives within a few seconds of the last publish.
+    let mut last = (0, Instant::now());
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let (count, _) = backend.delivered_summary();
+        if count >= published || (count == last.0 && last.1.elapsed() > Duration::from_secs(5)) {
+            break;
+        }
+        if count != last.0 {
+            last = (count, Instant::now());
+        }
+    }
+    let (cpu_after, peak_rss_kib) = process_usage(pid);
+    assert_eq!(daemon.terminate(), Some(0));
+    let mut latencies = Vec::new();
+    let mut seen = HashSet::new();
+    let mut delivered = 0;
+    for batch in backend.requests() {
+        if !(200..300).contains(&batch.status) {
+            continue;
+        }
+        for r in batch.records() {
+            if r["source"] != "local" {
+                continue; // anomaly events
+            }
+            delivered += 1;
+            seen.insert(r["fields"]["n"].as_i64().unwrap());
+            latencies.push(batch.received_ms - r["ts"].as_i64().unwrap());
+        }
+    }
+    latencies.sort_unstable();
+    let pct = |p: f64| -> i64 {
+        if latencies.is_empty() {
+            return i64::MAX;
+        }
+        latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)]
+    };
+    Outcome {
+        published,
+        delivered,
+        distinct: seen.len(),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        cpu_per_10k: (cpu_after - cpu_before) / published.max(1) as f64 * 10_000.0,
+        peak_rss_mib: peak_rss_kib as f64 / 1024.0,
+    }
+}
+
+fn report(load: Load, o: &Outcome) {
+    println!(
+        "| {} msg/s × {} s, {} devices, QoS {}, model {} | {:.2}% ({} of {}) | {} | {} ms | {} ms | {:.3} | {:.1} MiB |",
+        load.rate,
+        load.seconds,
+        load.devices,
+        load.qos,
+        if load.model { "on" } else { "off" },
+        o.distinct as f64 / o.published.max(1) as f64 * 100.0,
+        o.distinct,
+        o.published,
+        o.delivered - o.distinct,
+        o.p50_ms,
+        o.p99_ms,
+        o.cpu_per_10k,
+        o.peak_rss_mib
+    );
+}
+
+async fn idle_and_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let mqtt = Mosquitto::start();
+    let backend = Backend::start(Box::new(|_| 200)).await;
+    let load = Load {
+        rate: 0,
+        seconds: 0,
+        devices: 1,
+        qos: 1,
+        model: true,
+    };
+    let config = config(dir.path(), mqtt.port, &backend.url, load);
+    let mut starts = Vec::new();
+    for i in 0..5 {
+        let log = dir.path().join(format!("idle-{i}.log"));
+        let started = Instant::now();
+        let mut daemon = Daemon::start_at_level(&config, &log, "info");
+        daemon
+            .wait_log("ready", Duration::from_secs(20), |t| t.contains(" ready"))
+            .await;
+        starts.push(started.elapsed());
+        if i == 4 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
+            let rss = status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .unwrap_or(0);
+            println!(
+                "\nidle, model loaded, MQTT connected: RSS {:.1} MiB",
+                rss as f64 / 1024.0
+            );
+        }
+        assert_eq!(daemon.terminate(), Some(0));
+    }
+    starts.sort();
+    println!(
+        "start-up to ready (process spawn to the `ready` line, empty store): median {:?}, max {:?}",
+        starts[starts.len() / 2],
+        starts.last().unwrap()
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let messages = env_or("TG_MESSAGES", 100_000);
-    let devices = env_or("TG_DEVICES", 100).max(1);
-    let dir = tempfile::tempdir().unwrap();
-    let mqtt = Mosquitto::start();
-    let backend = Backend::start(Box::new(|_| 200)).await;
-    let config = write_config(dir.path(), mqtt.port, &backend.url, "");
-    // Larger batches than the test default, as a production config would use.
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("max_records = 50", "max_records = 1000")
-        .replace("summary_interval = \"1s\"", "summary_interval = \"5s\"");
-    std::fs::write(&config, text).unwrap();
-    let mut daemon = Daemon::start_at_level(&config, &dir.path().join("tidegate.log"), "info");
-    wait_until("the daemon to subscribe", Duration::from_secs(20), || {
-        daemon.log_text().contains("subscribed to")
-    })
-    .await;
-    let pid = daemon.pid();
-    let (cpu_before, _) = process_usage(pid);
-
-    let publisher = Publisher::connect(mqtt.port, "bench-publisher").await;
-    let started = Instant::now();
-    for n in 0..messages {
-        let device = n % devices;
-        let payload = format!(
-            "{{\"ts\":{},\"n\":{n},\"flow\":{:.3},\"pressure\":{:.3},\"temp\":{:.2},\"vib\":{:.3},\"rpm\":{},\"running\":true,\"mode\":\"auto\"}}",
-            1_790_000_000_000i64 + n as i64,
-            10.0 + (n % 17) as f64 * 0.1,
-            4.0 + (n % 13) as f64 * 0.01,
-            40.0 + (n % 7) as f64,
-            1.5 + (n % 5) as f64 * 0.1,
-            1400 + n % 100
+    let load = Load {
+        rate: env_or("TG_RATE", 2000),
+        seconds: env_or("TG_SECONDS", 20),
+        devices: env_or("TG_DEVICES", 1000).max(1),
+        qos: env_or("TG_QOS", 1).min(1) as u8,
+        model: env_or("TG_MODEL", 1) == 1,
+    };
+    println!("| load | delivered | duplicates | p50 | p99 | CPU-s per 10k | peak RSS |");
+    println!("|---|---|---|---|---|---|---|");
+    if env_or("TG_FIND_MAX", 0) == 1 {
+        let mut best = None;
+        for rate in [
+            5_000, 10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 80_000, 100_000,
+        ] {
+            let l = Load {
+                rate,
+                seconds: load.seconds.min(15),
+                ..load
+            };
+            let o = run(l).await;
+            report(l, &o);
+            let ok = o.distinct as f64 >= o.published as f64 * 0.999 && o.p99_ms < 2_000;
+            if !ok {
+                break;
+            }
+            best = Some(rate);
+        }
+        println!(
+            "\nhighest rate with >= 99.9% delivered and p99 < 2 s: {}",
+            best.map(|r| format!("{r} msg/s"))
+                .unwrap_or_else(|| "none of those tried".into())
         );
-        publisher
-            .publish(&format!("plant/bench/dev-{device}/telemetry"), payload)
-            .await;
+        return;
     }
-    let published_in = started.elapsed();
-    wait_until(
-        "every record at the receiver",
-        Duration::from_secs(600),
-        || backend.delivered().len() >= messages,
-    )
-    .await;
-    let elapsed = started.elapsed();
-    let (cpu_after, peak_rss_kib) = process_usage(pid);
-    let delivered = backend.delivered();
-    let distinct = distinct(&delivered);
-    assert_eq!(daemon.terminate(), Some(0));
-
-    let cpu = cpu_after - cpu_before;
-    println!(
-        "e2e MQTT -> tidegate (fsync store) -> HTTP, {messages} messages from {devices} devices"
-    );
-    println!(
-        "  published in        {:>8.2} s",
-        published_in.as_secs_f64()
-    );
-    println!("  all delivered after {:>8.2} s", elapsed.as_secs_f64());
-    println!(
-        "  throughput          {:>8.0} msg/s",
-        messages as f64 / elapsed.as_secs_f64()
-    );
-    println!(
-        "  delivered           {:>8} records ({} distinct, {} duplicates)",
-        delivered.len(),
-        distinct,
-        delivered.len() - distinct
-    );
-    println!(
-        "  daemon CPU          {:>8.2} s ({:.3} CPU-s per 10k messages)",
-        cpu,
-        cpu / messages as f64 * 10_000.0
-    );
-    println!(
-        "  daemon peak RSS     {:>8.1} MiB",
-        peak_rss_kib as f64 / 1024.0
-    );
+    let o = run(load).await;
+    report(load, &o);
+    idle_and_startup().await;
 }

@@ -4,7 +4,11 @@
 //! - `TG_DEVICES` (default 1000) Modbus TCP devices, each its own connection, polled every
 //!   `TG_INTERVAL_MS` (default 1000) for `TG_SECONDS` (default 30) — each poll reads
 //!   HR 0–19, IR 0–19 and HR 100–109 (five f32), three requests;
-//! - the same with `TG_DEAD_PERCENT` (default 10) of the devices never answering.
+//! - the same with `TG_DEAD_PERCENT` (default 10) of the devices never answering;
+//! - an RS-485 line at 19,200 baud with 8 units, the same three reads per poll, as fast
+//!   as the line allows (a pty with the wire time emulated by the test server), and the
+//!   same line with one unit dead (1 s timeout): polls per second against the line's
+//!   theoretical rate, computed from the frame sizes and the 3.5-character gaps.
 //!
 //! Reports polls completed, how many started within ±10% of their slot, CPU and peak RSS
 //! of the daemon. The simulated devices run in this process, so their CPU is not counted.
@@ -47,29 +51,11 @@ async fn run(devices: u64, dead_percent: u64, interval_ms: u64, seconds: u64) {
 
     let mut text = format!(
         "[gateway]\nid = \"bench\"\nstate_dir = \"{}\"\n[log]\nsummary_interval = \"10s\"\n\
-         [store]\ndurability = \"{}\"\n\
-         [profiles.meter]\npoints = [\n",
+         [store]\ndurability = \"{}\"\n{}",
         dir.path().join("state").display(),
-        std::env::var("TG_DURABILITY").unwrap_or_else(|_| "fsync".into())
+        std::env::var("TG_DURABILITY").unwrap_or_else(|_| "fsync".into()),
+        meter_points()
     );
-    for i in 0..20 {
-        let _ = writeln!(
-            text,
-            "  {{ name = \"hr{i}\", address = {i}, table = \"holding\" }},"
-        );
-        let _ = writeln!(
-            text,
-            "  {{ name = \"ir{i}\", address = {i}, table = \"input\" }},"
-        );
-    }
-    for i in 0..5 {
-        let _ = writeln!(
-            text,
-            "  {{ name = \"f{i}\", address = {}, table = \"holding\", type = \"f32\" }},",
-            100 + i * 2
-        );
-    }
-    text.push_str("]\n");
     for d in 0..devices {
         let port = if d < dead_count {
             dead_server.port()
@@ -160,6 +146,118 @@ async fn run(devices: u64, dead_percent: u64, interval_ms: u64, seconds: u64) {
     stop.cancel();
 }
 
+/// The meter profile of the TCP runs: HR 0–19, IR 0–19, HR 100–109 as five f32.
+fn meter_points() -> String {
+    let mut text = String::from("[profiles.meter]\npoints = [\n");
+    for i in 0..20 {
+        let _ = writeln!(
+            text,
+            "  {{ name = \"hr{i}\", address = {i}, table = \"holding\" }},"
+        );
+        let _ = writeln!(
+            text,
+            "  {{ name = \"ir{i}\", address = {i}, table = \"input\" }},"
+        );
+    }
+    for i in 0..5 {
+        let _ = writeln!(
+            text,
+            "  {{ name = \"f{i}\", address = {}, table = \"holding\", type = \"f32\" }},",
+            100 + i * 2
+        );
+    }
+    text.push_str("]\n");
+    text
+}
+
+/// Bits on the wire for one poll of the meter at 8E1 (11 bits a character): three read
+/// requests of 8 bytes, answers of 5 + 2n bytes, a 3.5-character silence after each of
+/// the six frames.
+fn rtu_poll_seconds(baud: u32) -> f64 {
+    let bytes = 8.0 * 3.0 + (5.0 + 40.0) * 2.0 + (5.0 + 20.0);
+    let gaps = 6.0 * 3.5;
+    (bytes + gaps) * 11.0 / f64::from(baud)
+}
+
+async fn run_rtu(units: u8, dead: u8, seconds: u64) {
+    let baud = 19_200;
+    let dir = tempfile::tempdir().unwrap();
+    let mut unit = Unit::default();
+    unit.set_holding(0, &(0..20).collect::<Vec<u16>>());
+    unit.set_input(0, &(100..120).collect::<Vec<u16>>());
+    for i in 0..5u16 {
+        unit.set_holding(
+            100 + i * 2,
+            &encode(&(1.5f32 + f32::from(i)).to_be_bytes(), "ABCD"),
+        );
+    }
+    let mut all = HashMap::new();
+    for id in 1..=units {
+        let mut u = unit.clone();
+        u.silent = id <= dead;
+        all.insert(id, u);
+    }
+    let pty = PtyPair::new(dir.path());
+    let stop = CancellationToken::new();
+    serve_rtu(Devices::new(all).with_wire_timing(baud), &pty, stop.clone());
+    let mut text = format!(
+        "[gateway]\nid = \"bench\"\nstate_dir = \"{}\"\n[log]\nsummary_interval = \"10s\"\n{}\
+         [[sources.modbus_rtu]]\nname = \"line\"\ndevice = \"{}\"\nbaud = {baud}\nparity = \"even\"\n",
+        dir.path().join("state").display(),
+        meter_points(),
+        pty.gateway_end.display()
+    );
+    // Asked for far more often than the line can carry: what comes out is the line's rate.
+    for id in 1..=units {
+        let _ = write!(
+            text,
+            "[[sources.modbus_rtu.devices]]\nname = \"unit{id}\"\nunit = {id}\nprofile = \"meter\"\npoll_interval = \"100ms\"\ntimeout = \"1s\"\n"
+        );
+    }
+    let out = dir.path().join("records.ndjson");
+    let _ = write!(
+        text,
+        "[[uplinks.file]]\nname = \"archive\"\npath = \"{}\"\nmax_records = 5000\nlinger = \"1s\"\n",
+        out.display()
+    );
+    let config = dir.path().join("tidegate.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut daemon = Daemon::start_at_level(&config, &dir.path().join("tidegate.log"), "info");
+    // Long enough for the dead unit's breaker to open.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let t0 = sample_now_ms();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let t1 = sample_now_ms();
+    assert_eq!(daemon.terminate(), Some(0));
+    let window = (t1 - t0) as f64 / 1000.0;
+    let mut per_unit: BTreeMap<String, u64> = BTreeMap::new();
+    for r in read_ndjson(&out) {
+        let ts = r["ts"].as_i64().unwrap();
+        if ts < t0 || ts >= t1 || r.get("quality").is_some() {
+            continue;
+        }
+        *per_unit
+            .entry(r["device"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    let healthy: u64 = per_unit.values().sum();
+    let theoretical = 1.0 / rtu_poll_seconds(baud);
+    println!(
+        "modbus RTU at {baud} baud, {units} units ({dead} dead, 1 s timeout), 3 reads per poll, {window:.0} s:"
+    );
+    println!(
+        "  healthy polls {:.2}/s in all ({:.1}% of the line's theoretical {theoretical:.1}/s); per unit: {}",
+        healthy as f64 / window,
+        100.0 * healthy as f64 / window / theoretical,
+        per_unit
+            .iter()
+            .map(|(u, n)| format!("{u} {:.2}", *n as f64 / window))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    stop.cancel();
+}
+
 fn sample_now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -175,6 +273,10 @@ async fn main() {
     let devices = env_or("TG_DEVICES", 1000);
     let interval = env_or("TG_INTERVAL_MS", 1000);
     let seconds = env_or("TG_SECONDS", 30);
-    run(devices, 0, interval, seconds).await;
-    run(devices, env_or("TG_DEAD_PERCENT", 10), interval, seconds).await;
+    if env_or("TG_RTU_ONLY", 0) == 0 {
+        run(devices, 0, interval, seconds).await;
+        run(devices, env_or("TG_DEAD_PERCENT", 10), interval, seconds).await;
+    }
+    run_rtu(8, 0, seconds).await;
+    run_rtu(8, 1, seconds).await;
 }

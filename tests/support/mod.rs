@@ -320,6 +320,8 @@ impl Drop for Publisher {
 pub struct ReceivedBatch {
     /// When it arrived.
     pub at: Instant,
+    /// When it arrived, wall clock (UTC ms), to compare with records' `ts`.
+    pub received_ms: i64,
     pub status: u16,
     pub idempotency_key: Option<String>,
     pub content_encoding: Option<String>,
@@ -392,6 +394,7 @@ impl BackendState {
         let status = (self.script.lock().unwrap())(all.len());
         all.push(ReceivedBatch {
             at: Instant::now(),
+            received_ms: tidegate::sample::now_ms(),
             status,
             idempotency_key,
             content_encoding,

@@ -57,6 +57,11 @@ pub struct Traffic {
 pub struct Devices {
     pub units: Arc<Mutex<HashMap<u8, Unit>>>,
     pub traffic: Arc<Mutex<Traffic>>,
+    /// An RS-485 line's wire time, which a pty does not have: each answer waits as long
+    /// as the request and the answer take to cross a line at this baud rate (11 bits a
+    /// character, 8E1 or 8N2), plus the 3.5-character silence that ends the request. (The
+    /// silence after the answer is the master's to keep before its next request.)
+    pub wire_baud: Option<u32>,
 }
 
 type Answer = Pin<Box<dyn Future<Output = Result<Option<Response>, ExceptionCode>> + Send>>;
@@ -66,7 +71,22 @@ impl Devices {
         Devices {
             units: Arc::new(Mutex::new(units)),
             traffic: Arc::default(),
+            wire_baud: None,
         }
+    }
+
+    pub fn with_wire_timing(mut self, baud: u32) -> Self {
+        self.wire_baud = Some(baud);
+        self
+    }
+
+    /// Wire time of a read request (8 bytes) and its answer of `answer_bytes`.
+    fn wire_time(&self, answer_bytes: usize) -> Duration {
+        let Some(baud) = self.wire_baud else {
+            return Duration::ZERO;
+        };
+        let chars = 8.0 + answer_bytes as f64 + 3.5;
+        Duration::from_secs_f64(chars * 11.0 / f64::from(baud))
     }
 
     pub fn function_codes(&self) -> std::collections::BTreeSet<u8> {
@@ -116,7 +136,11 @@ impl Devices {
         }
         if let Some(code) = unit.exceptions.get(&(function, address)) {
             let code = *code;
-            return Box::pin(async move { Err(code) });
+            let wire = self.wire_time(5);
+            return Box::pin(async move {
+                tokio::time::sleep(wire).await;
+                Err(code)
+            });
         }
         let words = |map: &HashMap<u16, u16>, a: u16, n: u16| {
             (a..a + n).map(|i| *map.get(&i).unwrap_or(&0)).collect()
@@ -137,12 +161,21 @@ impl Devices {
             }
             _ => return Box::pin(async { Err(ExceptionCode::IllegalFunction) }),
         };
+        let answer_bytes = match &response {
+            Response::ReadHoldingRegisters(w) | Response::ReadInputRegisters(w) => 5 + 2 * w.len(),
+            Response::ReadCoils(b) | Response::ReadDiscreteInputs(b) => 5 + b.len().div_ceil(8),
+            _ => 5,
+        };
+        let wire = self.wire_time(answer_bytes);
         match unit.late_every {
             Some((every, delay)) if nth % every == 0 => Box::pin(async move {
-                tokio::time::sleep(delay).await;
+                tokio::time::sleep(delay + wire).await;
                 Ok(Some(response))
             }),
-            _ => Box::pin(async move { Ok(Some(response)) }),
+            _ => Box::pin(async move {
+                tokio::time::sleep(wire).await;
+                Ok(Some(response))
+            }),
         }
     }
 }
