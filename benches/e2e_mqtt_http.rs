@@ -164,7 +164,9 @@ async fn publish(port: u16, load: Load) -> usize {
 
 async fn run(load: Load) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
-    let mqtt = Mosquitto::start();
+    // The window the gateway's `inflight = 1000` asks for (README: a local broker for a
+    // gateway wants max_inflight_messages raised from mosquitto's 20).
+    let mqtt = Mosquitto::start_with_inflight(1000);
     let backend = Backend::start(Box::new(|_| 200)).await;
     let config = config(dir.path(), mqtt.port, &backend.url, load);
     let mut daemon = Daemon::start_at_level(&config, &dir.path().join("tidegate.log"), "info");

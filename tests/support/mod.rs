@@ -60,9 +60,20 @@ const BROKER_COMMON: &str = "persistence false\nmax_queued_messages 0\nmax_infli
 
 impl Mosquitto {
     pub fn start() -> Mosquitto {
+        Mosquitto::start_with_inflight(20)
+    }
+
+    /// A broker that lets `inflight` QoS 1 messages to one client go unacknowledged at
+    /// once (mosquitto's default is 20). A gateway that acknowledges only after an fsync
+    /// needs a wide window for high rates: 20 messages per commit is its ceiling otherwise.
+    pub fn start_with_inflight(inflight: u16) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let text = format!("{BROKER_COMMON}listener {port} 127.0.0.1\nallow_anonymous true\n");
+        let common = BROKER_COMMON.replace(
+            "max_inflight_messages 20",
+            &format!("max_inflight_messages {inflight}"),
+        );
+        let text = format!("{common}listener {port} 127.0.0.1\nallow_anonymous true\n");
         Mosquitto::launch(dir, port, None, text)
     }
 
