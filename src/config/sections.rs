@@ -270,15 +270,11 @@ pub(super) fn mqtt_source(
     }
 }
 
-pub(super) fn http_uplink(
-    c: &mut Checker<'_>,
-    path: &str,
-    raw: RawHttpUplink,
-    names: &mut HashSet<String>,
-) -> UplinkConfig {
-    c.name(&join_key(path, "name"), &raw.name, names);
+/// An uplink's `url`: http(s) with a host. A bad one is an error, and a placeholder
+/// stands in so validation can go on and report everything else.
+fn http_url(c: &mut Checker<'_>, path: &str, text: &str) -> reqwest::Url {
     let url_path = join_key(path, "url");
-    let url = match reqwest::Url::parse(&raw.url) {
+    match reqwest::Url::parse(text) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => url,
         Ok(url) => {
             c.error(
@@ -288,15 +284,41 @@ pub(super) fn http_uplink(
             url
         }
         Err(e) => {
-            c.error(&url_path, format!("\"{}\" is not a URL: {e}", raw.url));
+            c.error(&url_path, format!("\"{text}\" is not a URL: {e}"));
             reqwest::Url::parse("http://invalid.invalid/").expect("constant URL parses")
         }
-    };
-    let token = c.secret(&join_key(path, "token"), raw.token.as_ref());
-    let tls = c.tls(&join_key(path, "tls"), &raw.tls);
+    }
+}
+
+/// TLS settings, which only make sense with an https:// url.
+fn https_tls(c: &mut Checker<'_>, path: &str, raw: &RawTls, url: &reqwest::Url) -> TlsConfig {
+    let tls = c.tls(&join_key(path, "tls"), raw);
     if url.scheme() == "http" && (tls.ca_file.is_some() || tls.client_cert_file.is_some()) {
         c.error(&join_key(path, "tls"), "TLS settings need an https:// url");
     }
+    tls
+}
+
+/// A deadline for one request or batch: 100 ms to 10 minutes.
+fn request_timeout(c: &mut Checker<'_>, path: &str, timeout: Duration) {
+    c.range_duration(
+        &join_key(path, "timeout"),
+        timeout,
+        Duration::from_millis(100),
+        Duration::from_secs(600),
+    );
+}
+
+pub(super) fn http_uplink(
+    c: &mut Checker<'_>,
+    path: &str,
+    raw: RawHttpUplink,
+    names: &mut HashSet<String>,
+) -> UplinkConfig {
+    c.name(&join_key(path, "name"), &raw.name, names);
+    let url = http_url(c, path, &raw.url);
+    let token = c.secret(&join_key(path, "token"), raw.token.as_ref());
+    let tls = https_tls(c, path, &raw.tls, &url);
     let mut headers = Vec::new();
     for (name, value) in &raw.headers {
         let header_path = join_key(&join_key(path, "headers"), name);
@@ -312,12 +334,7 @@ pub(super) fn http_uplink(
         }
         headers.push((name.clone(), value.clone()));
     }
-    c.range_duration(
-        &join_key(path, "timeout"),
-        raw.timeout.0,
-        Duration::from_millis(100),
-        Duration::from_secs(600),
-    );
+    request_timeout(c, path, raw.timeout.0);
     c.range_duration(
         &join_key(path, "retry_after_max"),
         raw.retry_after_max.0,
@@ -357,21 +374,7 @@ pub(super) fn influx_uplink(
     names: &mut HashSet<String>,
 ) -> UplinkConfig {
     c.name(&join_key(path, "name"), &raw.name, names);
-    let url_path = join_key(path, "url");
-    let mut url = match reqwest::Url::parse(&raw.url) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => url,
-        Ok(url) => {
-            c.error(
-                &url_path,
-                format!("\"{url}\" must be an http:// or https:// URL with a host"),
-            );
-            url
-        }
-        Err(e) => {
-            c.error(&url_path, format!("\"{}\" is not a URL: {e}", raw.url));
-            reqwest::Url::parse("http://invalid.invalid/").expect("constant URL parses")
-        }
-    };
+    let mut url = http_url(c, path, &raw.url);
     let v1 = raw.database.is_some();
     let v2 = raw.org.is_some() || raw.bucket.is_some();
     let auth = if v1 && v2 {
@@ -438,16 +441,8 @@ pub(super) fn influx_uplink(
     if raw.measurement.trim().is_empty() {
         c.error(&join_key(path, "measurement"), "must not be empty");
     }
-    let tls = c.tls(&join_key(path, "tls"), &raw.tls);
-    if url.scheme() == "http" && (tls.ca_file.is_some() || tls.client_cert_file.is_some()) {
-        c.error(&join_key(path, "tls"), "TLS settings need an https:// url");
-    }
-    c.range_duration(
-        &join_key(path, "timeout"),
-        raw.timeout.0,
-        Duration::from_millis(100),
-        Duration::from_secs(600),
-    );
+    let tls = https_tls(c, path, &raw.tls, &url);
+    request_timeout(c, path, raw.timeout.0);
     let backoff = backoff(
         c,
         path,
@@ -528,12 +523,7 @@ pub(super) fn mqtt_uplink(
         Duration::from_secs(1),
         Duration::from_secs(300),
     );
-    c.range_duration(
-        &join_key(path, "timeout"),
-        raw.timeout.0,
-        Duration::from_millis(100),
-        Duration::from_secs(600),
-    );
+    request_timeout(c, path, raw.timeout.0);
     if raw.inflight == 0 {
         c.error(&join_key(path, "inflight"), "must be at least 1");
     }

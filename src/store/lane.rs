@@ -620,14 +620,13 @@ impl LaneLog {
         }
     }
 
-    fn try_walk_head(
+    /// Calls `visit` for every good frame from `loc` on, across segments, until it
+    /// returns false. Damage not yet known asks for a rescan.
+    fn each_frame_from(
         &self,
-        take: &mut impl FnMut(&FrameMeta, u64, u64) -> bool,
-    ) -> Result<(u64, u64, u64), NeedsRescan> {
-        let (mut count, mut bytes, mut last) = (0, 0, self.head);
-        let Some(loc) = self.head_loc else {
-            return Ok((0, 0, self.head));
-        };
+        loc: Loc,
+        mut visit: impl FnMut(FrameMeta, &[u8]) -> bool,
+    ) -> Result<(), NeedsRescan> {
         let start = self.seg_index(loc.seg_first).unwrap_or(0);
         for (i, seg) in self.segments.iter().enumerate().skip(start) {
             let from = if i == start {
@@ -638,19 +637,36 @@ impl LaneLog {
             let mut scanner = Scanner::new(&seg.file, from, seg.len, &seg.skips);
             loop {
                 match scanner.next() {
-                    Ok(Some(Item::Frame { meta, .. })) => {
-                        if !take(&meta, count, bytes) {
-                            return Ok((count, bytes, last));
+                    Ok(Some(Item::Frame { meta, body })) => {
+                        if !visit(meta, body) {
+                            return Ok(());
                         }
-                        count += 1;
-                        bytes += meta.size();
-                        last = meta.pos;
                     }
                     Ok(None) => break,
                     Ok(Some(_)) | Err(_) => return Err(NeedsRescan(seg.first_pos)),
                 }
             }
         }
+        Ok(())
+    }
+
+    fn try_walk_head(
+        &self,
+        take: &mut impl FnMut(&FrameMeta, u64, u64) -> bool,
+    ) -> Result<(u64, u64, u64), NeedsRescan> {
+        let (mut count, mut bytes, mut last) = (0, 0, self.head);
+        let Some(loc) = self.head_loc else {
+            return Ok((0, 0, self.head));
+        };
+        self.each_frame_from(loc, |meta, _| {
+            if !take(&meta, count, bytes) {
+                return false;
+            }
+            count += 1;
+            bytes += meta.size();
+            last = meta.pos;
+            true
+        })?;
         Ok((count, bytes, last))
     }
 
@@ -663,33 +679,16 @@ impl LaneLog {
         let Some(loc) = self.locate(from.max(self.head + 1))? else {
             return Ok(out);
         };
-        let start = self.seg_index(loc.seg_first).unwrap_or(0);
-        for (i, seg) in self.segments.iter().enumerate().skip(start) {
-            let from = if i == start {
-                loc.offset
-            } else {
-                SEGMENT_HEADER_LEN
-            };
-            let mut scanner = Scanner::new(&seg.file, from, seg.len, &seg.skips);
-            loop {
-                match scanner.next() {
-                    Ok(Some(Item::Frame { meta, body })) => {
-                        if meta.pos > self.published {
-                            return Ok(out);
-                        }
-                        out.push(RawRecord {
-                            meta,
-                            body: body.to_vec(),
-                        });
-                        if out.len() >= max {
-                            return Ok(out);
-                        }
-                    }
-                    Ok(None) => break,
-                    Ok(Some(_)) | Err(_) => return Err(NeedsRescan(seg.first_pos)),
-                }
+        self.each_frame_from(loc, |meta, body| {
+            if meta.pos > self.published {
+                return false;
             }
-        }
+            out.push(RawRecord {
+                meta,
+                body: body.to_vec(),
+            });
+            out.len() < max
+        })?;
         Ok(out)
     }
 
