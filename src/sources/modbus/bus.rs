@@ -274,6 +274,20 @@ async fn poll(link: &mut Link, device: &mut Device, source: &str, stats: &Stats)
                     .field_quality
                     .insert(device.cfg.points[pi].name.clone(), quality.clone());
             }
+            // A device that did not answer at all will not answer the next read of
+            // this poll either: asking would cost the bus another timeout (and, on a
+            // serial line, another drain) per read.
+            if unreachable && !read_any {
+                for later in &device.cfg.requests[ri + 1..] {
+                    for &pi in &later.points {
+                        sample
+                            .field_quality
+                            .insert(device.cfg.points[pi].name.clone(), quality.clone());
+                    }
+                }
+                first_problem.get_or_insert(quality);
+                break;
+            }
             first_problem.get_or_insert(quality);
         }
     }
