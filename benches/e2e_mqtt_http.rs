@@ -6,7 +6,8 @@
 //!
 //! Run: `cargo bench --bench e2e_mqtt_http`. Settings (environment):
 //! - `TG_RATE` messages/s (default 2000), `TG_SECONDS` (20), `TG_DEVICES` (1000),
-//!   `TG_QOS` 0 or 1 (1), `TG_MODEL` 0 or 1 (1);
+//!   `TG_QOS` 0 or 1 (1), `TG_MODEL` 0 or 1 (1), `TG_WORKERS` (the daemon's
+//!   `gateway.worker_threads`, default one per core);
 //! - `TG_FIND_MAX=1`: raises the rate until a run delivers less than 99.9% or its p99 is
 //!   2 s or more, and reports the highest rate that passed.
 
@@ -85,22 +86,33 @@ backoff_max = "500ms"
         ),
     );
     // A summary every 10 s, as a production gateway would log (rather than every second).
-    let text = std::fs::read_to_string(&path)
+    let mut text = std::fs::read_to_string(&path)
         .unwrap()
         .replace("summary_interval = \"1s\"", "summary_interval = \"10s\"");
+    // TG_WORKERS: `gateway.worker_threads` (default 0: one per core).
+    if let Ok(workers) = std::env::var("TG_WORKERS") {
+        text = text.replacen(
+            "\n\n[log]",
+            &format!("\nworker_threads = {workers}\n\n[log]"),
+            1,
+        );
+    }
     std::fs::write(&path, text).unwrap();
     path
 }
 
-fn payload(n: usize, ts: i64) -> String {
+/// One message of a pump of the simulated plant in normal operation (what the bundled
+/// model was trained on), eight channels.
+fn payload(n: usize, ts: i64, pump: &tidegate::sources::sim::Pump) -> String {
     format!(
-        "{{\"ts\":{ts},\"n\":{n},\"flow_m3h\":{:.3},\"pressure_bar\":{:.3},\"temperature_c\":{:.2},\"vibration_mm_s\":{:.3},\"current_a\":{:.2},\"speed_hz\":49.9,\"power_kw\":{:.2},\"running\":true}}",
-        36.0 + (n % 17) as f64 * 0.05,
-        5.0 + (n % 13) as f64 * 0.002,
-        51.0 + (n % 7) as f64 * 0.1,
-        2.0 + (n % 5) as f64 * 0.02,
-        12.5 + (n % 3) as f64 * 0.1,
-        7.0 + (n % 11) as f64 * 0.01
+        "{{\"ts\":{ts},\"n\":{n},\"flow_m3h\":{:.3},\"pressure_bar\":{:.3},\"temperature_c\":{:.2},\"vibration_mm_s\":{:.3},\"current_a\":{:.2},\"rpm\":{},\"power_kw\":{:.2},\"running\":true}}",
+        pump.flow_m3h,
+        pump.pressure_bar,
+        pump.temperature_c,
+        pump.vibration_mm_s,
+        pump.current_a,
+        pump.rpm,
+        pump.current_a * 0.4
     )
 }
 
@@ -134,6 +146,13 @@ async fn publish(port: u16, load: Load) -> usize {
             });
             let per_tick = (load.rate / 100).max(1);
             let mut tick = tokio::time::interval(Duration::from_millis(10));
+            // This client's half of the devices, stepped once per message each.
+            let mut rng = fastrand::Rng::with_seed(client_no as u64 + 1);
+            let mut pumps: Vec<tidegate::sources::sim::Pump> = (0..load.devices)
+                .filter(|i| i % 2 == client_no)
+                .map(|i| tidegate::sources::sim::Pump::new(i, &mut rng))
+                .collect();
+            let mut turn = 0usize;
             loop {
                 tick.tick().await;
                 for _ in 0..per_tick / 2 + client_no * (per_tick % 2) {
@@ -144,9 +163,15 @@ async fn publish(port: u16, load: Load) -> usize {
                         driver.abort();
                         return;
                     }
-                    let topic = format!("plant/bench/pump-{}/telemetry", n % load.devices);
+                    let count = pumps.len();
+                    let pump = &mut pumps[turn % count];
+                    turn += 1;
+                    pump.step(&mut rng, 0.0);
+                    let topic = format!("plant/bench/{}/telemetry", pump.name);
                     let ts = tidegate::sample::now_ms();
-                    let _ = client.publish(topic, qos, false, payload(n, ts)).await;
+                    let _ = client
+                        .publish(topic, qos, false, payload(n, ts, pump))
+                        .await;
                 }
             }
         }));
@@ -195,13 +220,17 @@ async fn run(load: Load) -> Outcome {
     let mut latencies = Vec::new();
     let mut seen = HashSet::new();
     let mut delivered = 0;
+    let mut events = 0;
+    let mut batches = 0;
     for batch in backend.requests() {
         if !(200..300).contains(&batch.status) {
             continue;
         }
+        batches += 1;
         for r in batch.records() {
             if r["source"] != "local" {
-                continue; // anomaly events
+                events += 1;
+                continue;
             }
             delivered += 1;
             seen.insert(r["fields"]["n"].as_i64().unwrap());
@@ -209,6 +238,7 @@ async fn run(load: Load) -> Outcome {
         }
     }
     latencies.sort_unstable();
+    eprintln!("  {events} anomaly events among them, in {batches} batches");
     let pct = |p: f64| -> i64 {
         if latencies.is_empty() {
             return i64::MAX;

@@ -1,14 +1,23 @@
 //! Device name patterns for model bindings: `*` matches any run of characters, `?` one.
 
 pub fn matches(pattern: &str, name: &str) -> bool {
+    // Runs for every sample against every binding: ASCII names (the usual case) are
+    // matched on their bytes, without collecting characters.
+    if pattern.is_ascii() && name.is_ascii() {
+        return wildcard(pattern.as_bytes(), name.as_bytes());
+    }
     let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    wildcard(&p, &n)
+}
+
+fn wildcard<T: PartialEq + Copy + Wild>(p: &[T], n: &[T]) -> bool {
     let (mut pi, mut ni) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+        if pi < p.len() && (p[pi].is_any_one() || p[pi] == n[ni]) {
             pi += 1;
             ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        } else if pi < p.len() && p[pi].is_any_run() {
             star = Some((pi, ni));
             pi += 1;
         } else if let Some((sp, sn)) = star {
@@ -19,7 +28,30 @@ pub fn matches(pattern: &str, name: &str) -> bool {
             return false;
         }
     }
-    p[pi..].iter().all(|c| *c == '*')
+    p[pi..].iter().all(|c| c.is_any_run())
+}
+
+trait Wild {
+    fn is_any_one(self) -> bool;
+    fn is_any_run(self) -> bool;
+}
+
+impl Wild for u8 {
+    fn is_any_one(self) -> bool {
+        self == b'?'
+    }
+    fn is_any_run(self) -> bool {
+        self == b'*'
+    }
+}
+
+impl Wild for char {
+    fn is_any_one(self) -> bool {
+        self == '?'
+    }
+    fn is_any_run(self) -> bool {
+        self == '*'
+    }
 }
 
 #[cfg(test)]
@@ -36,5 +68,6 @@ mod tests {
         assert!(!matches("pump-*", "fan-1"));
         assert!(matches("exact", "exact"));
         assert!(!matches("exact", "exactly"));
+        assert!(matches("pümp-?", "pümp-é"), "one character, not one byte");
     }
 }

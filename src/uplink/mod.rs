@@ -140,7 +140,10 @@ pub async fn run<S: Sink>(
                 }
                 let since = *waiting_since.get_or_insert_with(Instant::now);
                 let due = since + settings.batching.linger;
+                // Priority records (anomaly events) do not linger: they are what an
+                // operator waits for.
                 if !must_look
+                    && !priority_waiting
                     && (pending as usize) < max_records
                     && Instant::now() < due
                     && !drain.is_cancelled()
@@ -219,7 +222,11 @@ pub async fn run<S: Sink>(
                 state.transition(&name, UplinkState::Idle, "");
                 backoff.reset();
                 max_records = settings.batching.max_records;
-                waiting_since = None;
+                // The main lane's records have been lingering since before a priority
+                // batch went out: they must not start lingering again.
+                if current.lane != Lane::Priority {
+                    waiting_since = None;
+                }
             }
             Delivery::Retry { reason, after } => {
                 let delay = match after {
