@@ -14,10 +14,10 @@ fn wildcard<T: PartialEq + Copy + Wild>(p: &[T], n: &[T]) -> bool {
     let (mut pi, mut ni) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ni < n.len() {
-        if pi < p.len() && (p[pi].is_any_one() || p[pi] == n[ni]) {
+        if pi < p.len() && (p[pi].any_one() || p[pi] == n[ni]) {
             pi += 1;
             ni += 1;
-        } else if pi < p.len() && p[pi].is_any_run() {
+        } else if pi < p.len() && p[pi].any_run() {
             star = Some((pi, ni));
             pi += 1;
         } else if let Some((sp, sn)) = star {
@@ -28,28 +28,28 @@ fn wildcard<T: PartialEq + Copy + Wild>(p: &[T], n: &[T]) -> bool {
             return false;
         }
     }
-    p[pi..].iter().all(|c| c.is_any_run())
+    p[pi..].iter().all(|c| c.any_run())
 }
 
 trait Wild {
-    fn is_any_one(self) -> bool;
-    fn is_any_run(self) -> bool;
+    fn any_one(self) -> bool;
+    fn any_run(self) -> bool;
 }
 
 impl Wild for u8 {
-    fn is_any_one(self) -> bool {
+    fn any_one(self) -> bool {
         self == b'?'
     }
-    fn is_any_run(self) -> bool {
+    fn any_run(self) -> bool {
         self == b'*'
     }
 }
 
 impl Wild for char {
-    fn is_any_one(self) -> bool {
+    fn any_one(self) -> bool {
         self == '?'
     }
-    fn is_any_run(self) -> bool {
+    fn any_run(self) -> bool {
         self == '*'
     }
 }
