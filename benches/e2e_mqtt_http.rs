@@ -40,6 +40,8 @@ struct Load {
 
 struct Outcome {
     published: usize,
+    /// Messages per second the publishers actually achieved.
+    achieved: f64,
     delivered: usize,
     distinct: usize,
     p50_ms: i64,
@@ -118,7 +120,7 @@ fn payload(n: usize, ts: i64, pump: &tidegate::sources::sim::Pump) -> String {
 
 /// Publishes `load.rate` messages a second for `load.seconds`, in 10 ms ticks, from two
 /// clients (one MQTT connection tops out below what the broker takes).
-async fn publish(port: u16, load: Load) -> usize {
+async fn publish(port: u16, load: Load) -> (usize, f64) {
     let qos = if load.qos == 0 {
         rumqttc::QoS::AtMostOnce
     } else {
@@ -180,11 +182,9 @@ async fn publish(port: u16, load: Load) -> usize {
         let _ = t.await;
     }
     let sent = next.load(Ordering::Relaxed).min(total);
-    let took = started.elapsed().as_secs_f64();
-    if took > load.seconds as f64 * 1.2 {
-        eprintln!("  (the publishers fell behind: {sent} in {took:.1} s)");
-    }
-    sent
+    // Less the second each publisher waits for its last messages to leave.
+    let took = (started.elapsed().as_secs_f64() - 1.0).max(0.001);
+    (sent, sent as f64 / took)
 }
 
 async fn run(load: Load) -> Outcome {
@@ -202,7 +202,7 @@ async fn run(load: Load) -> Outcome {
         .await;
     let pid = daemon.pid();
     let (cpu_before, _) = process_usage(pid);
-    let published = publish(mqtt.port, load).await;
+    let (published, achieved) = publish(mqtt.port, load).await;
     // Everything that will arrive arrives within a few seconds of the last publish.
     let mut last = (0, Instant::now());
     loop {
@@ -247,6 +247,7 @@ async fn run(load: Load) -> Outcome {
     };
     Outcome {
         published,
+        achieved,
         delivered,
         distinct: seen.len(),
         p50_ms: pct(0.50),
@@ -258,8 +259,9 @@ async fn run(load: Load) -> Outcome {
 
 fn report(load: Load, o: &Outcome) {
     println!(
-        "| {} msg/s × {} s, {} devices, QoS {}, model {} | {:.2}% ({} of {}) | {} | {} ms | {} ms | {:.3} | {:.1} MiB |",
+        "| {} msg/s asked, {:.0} achieved, × {} s, {} devices, QoS {}, model {} | {:.2}% ({} of {}) | {} | {} ms | {} ms | {:.3} | {:.1} MiB |",
         load.rate,
+        o.achieved,
         load.seconds,
         load.devices,
         load.qos,
@@ -335,8 +337,9 @@ async fn main() {
     println!("|---|---|---|---|---|---|---|");
     if env_or("TG_FIND_MAX", 0) == 1 {
         let mut best = None;
+        let mut rig_limit = false;
         for rate in [
-            5_000, 10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 80_000, 100_000,
+            5_000, 10_000, 20_000, 30_000, 35_000, 40_000, 45_000, 50_000, 60_000,
         ] {
             let l = Load {
                 rate,
@@ -349,12 +352,23 @@ async fn main() {
             if !ok {
                 break;
             }
-            best = Some(rate);
+            best = Some(o.achieved);
+            // The publishers share the two cores with the broker and the daemon: past
+            // their ceiling a higher setting measures the same rate again.
+            if o.achieved < rate as f64 * 0.95 {
+                rig_limit = true;
+                break;
+            }
         }
         println!(
-            "\nhighest rate with >= 99.9% delivered and p99 < 2 s: {}",
-            best.map(|r| format!("{r} msg/s"))
-                .unwrap_or_else(|| "none of those tried".into())
+            "\nhighest rate achieved with >= 99.9% delivered and p99 < 2 s: {}{}",
+            best.map(|r| format!("{r:.0} msg/s"))
+                .unwrap_or_else(|| "none of those tried".into()),
+            if rig_limit {
+                " (the publishers' ceiling on this machine: the daemon kept up with all they sent)"
+            } else {
+                ""
+            }
         );
         return;
     }
