@@ -31,6 +31,13 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// `TG_WORKERS`: the daemon's `gateway.worker_threads` (default: tidegate's own default).
+fn workers() -> String {
+    std::env::var("TG_WORKERS")
+        .map(|w| format!("worker_threads = {w}\n"))
+        .unwrap_or_default()
+}
+
 async fn run(devices: u64, dead_percent: u64, interval_ms: u64, seconds: u64) {
     let dir = tempfile::tempdir().unwrap();
     let mut unit = Unit::default();
@@ -50,9 +57,10 @@ async fn run(devices: u64, dead_percent: u64, interval_ms: u64, seconds: u64) {
     let dead_count = devices * dead_percent / 100;
 
     let mut text = format!(
-        "[gateway]\nid = \"bench\"\nstate_dir = \"{}\"\n[log]\nsummary_interval = \"10s\"\n\
+        "[gateway]\nid = \"bench\"\nstate_dir = \"{}\"\n{}[log]\nsummary_interval = \"10s\"\n\
          [store]\ndurability = \"{}\"\n{}",
         dir.path().join("state").display(),
+        workers(),
         std::env::var("TG_DURABILITY").unwrap_or_else(|_| "fsync".into()),
         meter_points()
     );

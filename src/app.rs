@@ -119,6 +119,7 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
             durability: config.store.durability,
             flush_interval: config.store.flush_interval,
             commit_batch: config.store.commit_batch,
+            commit_spacing: config.store.commit_spacing,
             priority: config.store.priority.clone(),
         },
         committed_tx,

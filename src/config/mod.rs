@@ -97,6 +97,7 @@ pub struct StoreConfig {
     pub durability: Durability,
     pub flush_interval: Duration,
     pub commit_batch: usize,
+    pub commit_spacing: Duration,
     pub max_age: Option<Duration>,
     pub segment_size: Option<u64>,
     pub priority: PriorityRules,
@@ -206,9 +207,11 @@ pub struct ModbusDeviceConfig {
     pub poll_interval: Duration,
     pub timeout: Duration,
     pub retries: u8,
-    pub points: Vec<crate::sources::modbus::plan::Point>,
+    /// Shared: devices built from one profile hold one copy (a thousand meters would
+    /// otherwise keep a thousand identical tables, several times over).
+    pub points: std::sync::Arc<[crate::sources::modbus::plan::Point]>,
     /// The read plan: what one poll sends.
-    pub requests: Vec<crate::sources::modbus::plan::ReadRequest>,
+    pub requests: std::sync::Arc<[crate::sources::modbus::plan::ReadRequest]>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -339,7 +342,7 @@ impl Config {
         let s = &self.store;
         let _ = writeln!(
             out,
-            "store: max {} ({:?} when full), durability {:?}{}, up to {} samples per commit",
+            "store: max {} ({:?} when full), durability {:?}{}, up to {} samples per commit, commits at least {} apart",
             units::ByteSize(s.max_bytes),
             s.full_policy,
             s.durability,
@@ -348,7 +351,8 @@ impl Config {
             } else {
                 String::new()
             },
-            s.commit_batch
+            s.commit_batch,
+            fmt_duration(s.commit_spacing)
         );
         if let Some(age) = s.max_age {
             let _ = writeln!(
@@ -461,7 +465,7 @@ impl Config {
                     units::plural(d.points.len(), "point"),
                     units::plural(d.requests.len(), "read")
                 );
-                for r in &d.requests {
+                for r in d.requests.iter() {
                     let names: Vec<&str> = r
                         .points
                         .iter()

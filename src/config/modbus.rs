@@ -2,6 +2,7 @@
 //! plan each device gets, serial settings. Pure, like the rest of `validate`.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::files::{join_index, join_key};
@@ -331,13 +332,40 @@ fn device(
         poll_interval: raw.poll_interval.0,
         timeout: raw.timeout.0,
         retries: raw.retries,
-        points,
-        requests,
+        points: points.into(),
+        requests: requests.into(),
     })
 }
 
 /// Validates `[[sources.modbus_tcp]]`, `[[sources.modbus_rtu]]` and `[profiles]`.
 pub fn sources(
+    c: &mut Checker<'_>,
+    source_names: &mut HashSet<String>,
+    device_names: &mut HashSet<String>,
+) -> Vec<ModbusSourceConfig> {
+    let mut out = unshared_sources(c, source_names, device_names);
+    share_point_tables(&mut out);
+    out
+}
+
+/// Devices with equal point tables (a profile, usually) end up holding one copy.
+fn share_point_tables(sources: &mut [ModbusSourceConfig]) {
+    let mut distinct: Vec<(Arc<[Point]>, Arc<[plan::ReadRequest]>)> = Vec::new();
+    for device in sources.iter_mut().flat_map(|s| s.devices.iter_mut()) {
+        match distinct
+            .iter()
+            .find(|(points, requests)| *points == device.points && *requests == device.requests)
+        {
+            Some((points, requests)) => {
+                device.points = points.clone();
+                device.requests = requests.clone();
+            }
+            None => distinct.push((device.points.clone(), device.requests.clone())),
+        }
+    }
+}
+
+fn unshared_sources(
     c: &mut Checker<'_>,
     source_names: &mut HashSet<String>,
     device_names: &mut HashSet<String>,

@@ -113,6 +113,10 @@ pub struct RawStore {
     /// Most samples committed with one flush (group commit). Default 2048, 1..=65536.
     #[serde(default = "default_commit_batch")]
     pub commit_batch: usize,
+    /// Shortest time between two commits: what arrives meanwhile shares the next flush.
+    /// Default 10ms, between 0 and 1s.
+    #[serde(default = "default_commit_spacing")]
+    pub commit_spacing: HumanDuration,
     /// Drop records not delivered within this much running time of the gateway
     /// (counted, logged). Default: none, records wait until delivered or evicted.
     pub max_age: Option<HumanDuration>,
@@ -131,6 +135,7 @@ impl Default for RawStore {
             durability: default_durability(),
             flush_interval: default_flush_interval(),
             commit_batch: default_commit_batch(),
+            commit_spacing: default_commit_spacing(),
             max_age: None,
             segment_size: None,
             priority: RawPriority::default(),
@@ -186,6 +191,10 @@ fn default_flush_interval() -> HumanDuration {
 }
 fn default_commit_batch() -> usize {
     2048
+}
+
+fn default_commit_spacing() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_millis(10))
 }
 
 /// TLS settings shared by the MQTT source and the HTTP uplink. Server certificates are

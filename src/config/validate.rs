@@ -388,6 +388,12 @@ pub fn validate(doc: &ConfigDocument, env: &dyn Environment) -> Result<Config, V
         Duration::from_secs(60),
     );
     c.range_usize("store.commit_batch", raw_store.commit_batch, 1, 65_536);
+    c.range_duration(
+        "store.commit_spacing",
+        raw_store.commit_spacing.0,
+        Duration::ZERO,
+        Duration::from_secs(1),
+    );
     if let Some(age) = &raw_store.max_age {
         c.range_duration(
             "store.max_age",
@@ -595,6 +601,7 @@ pub fn validate(doc: &ConfigDocument, env: &dyn Environment) -> Result<Config, V
             durability: raw_store.durability,
             flush_interval: raw_store.flush_interval.0,
             commit_batch: raw_store.commit_batch,
+            commit_spacing: raw_store.commit_spacing.0,
             max_age: raw_store.max_age.map(|a| a.0),
             segment_size: raw_store.segment_size.map(|s| s.bytes()),
             priority: crate::config::PriorityRules {

@@ -22,6 +22,8 @@ use crate::store::writer::Ingest;
 
 /// Samples gathered into one pass (and at most one model run per binding).
 const MAX_BATCH_SAMPLES: usize = 1024;
+/// Runs of at most this many windows are made on the pipeline's own thread.
+const INLINE_WINDOWS: usize = 64;
 /// A model run taking longer than this switches the binding off.
 const INFERENCE_DEADLINE: Duration = Duration::from_secs(2);
 /// Most devices one binding keeps windows for; more are passed on unscored (memory bound).
@@ -175,12 +177,34 @@ pub async fn run(
             };
             let count = origins.len();
             let _busy = stage.busy();
-            let run = tokio::task::spawn_blocking(move || {
-                model.normalise(&mut data);
-                model.score(&data, count)
-            });
-            let failure = match tokio::time::timeout(INFERENCE_DEADLINE, run).await {
-                Ok(Ok(Ok(scores))) if scores.iter().all(|s| s.is_finite()) => {
+            let outcome = if count <= INLINE_WINDOWS {
+                // A few windows score in tens of microseconds: handing them to another
+                // thread and back would cost more than the run (two wake-ups a pass).
+                let started = std::time::Instant::now();
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    model.normalise(&mut data);
+                    model.score(&data, count)
+                }));
+                match run {
+                    Err(_) => Err("the model run panicked".to_string()),
+                    Ok(_) if started.elapsed() > INFERENCE_DEADLINE => {
+                        Err(format!("a run took longer than {INFERENCE_DEADLINE:?}"))
+                    }
+                    Ok(scores) => Ok(scores),
+                }
+            } else {
+                let run = tokio::task::spawn_blocking(move || {
+                    model.normalise(&mut data);
+                    model.score(&data, count)
+                });
+                match tokio::time::timeout(INFERENCE_DEADLINE, run).await {
+                    Ok(Ok(scores)) => Ok(scores),
+                    Ok(Err(e)) => Err(format!("the model run panicked: {e}")),
+                    Err(_) => Err(format!("a run took longer than {INFERENCE_DEADLINE:?}")),
+                }
+            };
+            let failure = match outcome {
+                Ok(Ok(scores)) if scores.iter().all(|s| s.is_finite()) => {
                     Stats::add(&stats.inference_windows, count as u64);
                     Stats::add(&stats.inference_batches, 1);
                     for (origin, score) in origins.into_iter().zip(scores) {
@@ -188,12 +212,11 @@ pub async fn run(
                     }
                     None
                 }
-                Ok(Ok(Ok(_))) => {
+                Ok(Ok(_)) => {
                     Some("the model returned a score that is not a finite number".to_string())
                 }
-                Ok(Ok(Err(e))) => Some(e.to_string()),
-                Ok(Err(e)) => Some(format!("the model run panicked: {e}")),
-                Err(_) => Some(format!("a run took longer than {INFERENCE_DEADLINE:?}")),
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(reason) => Some(reason),
             };
             if let Some(reason) = failure {
                 Stats::add(&stats.inference_failures, 1);

@@ -36,10 +36,6 @@ impl Ingest {
     }
 }
 
-/// Shortest time between two commits (see the group commit in `run`). It bounds the
-/// flush rate (and flash wear) at 200 per second and adds at most this much latency.
-pub const MIN_COMMIT_SPACING: Duration = Duration::from_millis(5);
-
 /// How often the store's watermark is brought up to date while records arrive.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -49,6 +45,10 @@ pub struct WriterSettings {
     pub durability: Durability,
     pub flush_interval: Duration,
     pub commit_batch: usize,
+    /// Shortest time between two commits (see the group commit in `run`). It bounds the
+    /// flush rate (and flash wear, and the CPU a flush costs) and adds at most this much
+    /// latency.
+    pub commit_spacing: Duration,
     pub priority: PriorityRules,
 }
 
@@ -85,7 +85,7 @@ pub async fn run(
     flush_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unflushed = false;
     let mut pending: Vec<Ingest> = Vec::new();
-    let mut last_commit = tokio::time::Instant::now() - MIN_COMMIT_SPACING;
+    let mut last_commit = tokio::time::Instant::now() - settings.commit_spacing;
     let mut checkpoint_due = tokio::time::Instant::now() + CHECKPOINT_INTERVAL;
     let mut failing: Option<Failing> = None;
     let mut checkpoint_failing = false;
@@ -119,11 +119,11 @@ pub async fn run(
             }
         }
         let mut count: usize = pending.iter().map(|i| i.samples.len()).sum();
-        // Group commit: commits are spaced at least MIN_COMMIT_SPACING apart, and what
+        // Group commit: commits are spaced at least settings.commit_spacing apart, and what
         // arrives meanwhile joins the next one. Under a steady trickle from a thousand
         // devices this turns a flush per sample into one per few milliseconds; after a
         // quiet spell the first sample commits at once.
-        let earliest = last_commit + MIN_COMMIT_SPACING;
+        let earliest = last_commit + settings.commit_spacing;
         loop {
             while count < settings.commit_batch {
                 match rx.try_recv() {

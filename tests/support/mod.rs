@@ -559,6 +559,14 @@ pub struct Daemon {
     pub log: PathBuf,
 }
 
+/// The binary under test: the one cargo built for this test, or, for benchmarks,
+/// `TG_DAEMON_BIN` (a `dist` build as gateways run it, or a `profiling` build for perf).
+pub fn daemon_binary() -> std::path::PathBuf {
+    std::env::var_os("TG_DAEMON_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_tidegate").into())
+}
+
 impl Daemon {
     pub fn start(config: &Path, log: &Path) -> Daemon {
         Daemon::start_at_level(config, log, "debug")
@@ -571,7 +579,7 @@ impl Daemon {
             .append(true)
             .open(log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        let child = Command::new(daemon_binary())
             .args(["run", "-c"])
             .arg(config)
             .env("TIDEGATE_LOG", level)

@@ -18,7 +18,7 @@ use tokio_modbus::slave::SlaveContext;
 use tokio_modbus::{ExceptionCode, Slave};
 use tokio_util::sync::CancellationToken;
 
-use super::breaker::{Breaker, Transition};
+use super::breaker::{Breaker, BreakerState, Transition};
 use super::plan::{Answer, ReadRequest, Table, extract};
 use super::schedule::{Schedule, phase_for};
 use crate::config::{ModbusDeviceConfig, ModbusLink, ModbusSourceConfig, raw::Parity};
@@ -183,6 +183,13 @@ async fn poll(link: &mut Link, device: &mut Device, source: &str, stats: &Stats)
     let mut unreachable = false;
     let mut first_problem: Option<Quality> = None;
     let unit = device.cfg.unit;
+    // Retries are for a healthy device's lost frame. A probe of a device already taken
+    // for dead gets one try: each retry would cost its neighbours another timeout.
+    let retries = if device.breaker.state() == BreakerState::HalfOpen {
+        0
+    } else {
+        device.cfg.retries
+    };
     for (ri, request) in device.cfg.requests.iter().enumerate() {
         let now = Instant::now();
         if let Some((until, quality)) = &device.held[ri] {
@@ -201,9 +208,7 @@ async fn poll(link: &mut Link, device: &mut Device, source: &str, stats: &Stats)
         let outcome = loop {
             let outcome = link.read(unit, request, device.cfg.timeout).await;
             match outcome {
-                Outcome::Timeout | Outcome::Transport(_) if attempts < device.cfg.retries => {
-                    attempts += 1
-                }
+                Outcome::Timeout | Outcome::Transport(_) if attempts < retries => attempts += 1,
                 other => break other,
             }
         };
@@ -564,6 +569,15 @@ impl Link {
                 .map(|r| r.map(|r| r.map(|bits| Outcome::Bits(trimmed(bits, count))))),
         };
         let outcome = match result {
+            Ok(Ok(Ok(Outcome::Registers(words)))) if words.len() != usize::from(count) => {
+                // Unit id and function code matched, so this is most likely a late answer
+                // to an earlier read of the same unit: the framing cannot be trusted.
+                self.resync(deadline).await;
+                Outcome::Transport(format!(
+                    "answer of {} registers to a read of {count}",
+                    words.len()
+                ))
+            }
             Ok(Ok(Ok(outcome))) => outcome,
             Ok(Ok(Err(code))) => Outcome::Exception(code),
             Ok(Err(e)) => {
