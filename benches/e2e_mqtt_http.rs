@@ -7,7 +7,8 @@
 //! Run: `cargo bench --bench e2e_mqtt_http`. Settings (environment):
 //! - `TG_RATE` messages/s (default 2000), `TG_SECONDS` (20), `TG_DEVICES` (1000),
 //!   `TG_QOS` 0 or 1 (1), `TG_MODEL` 0 or 1 (1), `TG_WORKERS` (the daemon's
-//!   `gateway.worker_threads`, default one per core);
+//!   `gateway.worker_threads`, default one per core), `TG_COMMIT_SPACING` (the daemon's
+//!   `store.commit_spacing`, default its own);
 //! - `TG_FIND_MAX=1`: raises the rate until a run delivers less than 99.9% or its p99 is
 //!   2 s or more, and reports the highest rate that passed.
 
@@ -98,6 +99,10 @@ backoff_max = "500ms"
             &format!("\nworker_threads = {workers}\n\n[log]"),
             1,
         );
+    }
+    // TG_COMMIT_SPACING: `store.commit_spacing` (default: tidegate's own).
+    if let Ok(spacing) = std::env::var("TG_COMMIT_SPACING") {
+        text.push_str(&format!("\n[store]\ncommit_spacing = \"{spacing}\"\n"));
     }
     std::fs::write(&path, text).unwrap();
     path

@@ -114,6 +114,11 @@ pub struct Anomaly {
     pub version: String,
 }
 
+/// The name of a field. Shared rather than owned: a Modbus device's point names, say, are
+/// put into every sample it produces, and a shared name costs a counter increment where a
+/// `String` would cost an allocation and a copy.
+pub type FieldName = std::sync::Arc<str>;
+
 /// One device at one instant.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
@@ -122,13 +127,13 @@ pub struct Sample {
     pub device: String,
     /// Sample time, UTC milliseconds since the Unix epoch.
     pub ts: i64,
-    pub fields: BTreeMap<String, Value>,
+    pub fields: BTreeMap<FieldName, Value>,
     /// Quality of the sample as a whole.
     #[serde(default = "good", skip_serializing_if = "is_good")]
     pub quality: Quality,
     /// Per-field quality, only for fields that are not good.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub field_quality: BTreeMap<String, Quality>,
+    pub field_quality: BTreeMap<FieldName, Quality>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anomaly: Option<Anomaly>,
 }

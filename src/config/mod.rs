@@ -469,7 +469,7 @@ impl Config {
                     let names: Vec<&str> = r
                         .points
                         .iter()
-                        .map(|&i| d.points[i].name.as_str())
+                        .map(|&i| &*d.points[i].name)
                         .collect();
                     let _ = writeln!(out, "    {r}: {}", names.join(", "));
                 }

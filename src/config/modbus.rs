@@ -195,7 +195,7 @@ fn point(
         ok = false;
     }
     let point = Point {
-        name: raw.name.clone(),
+        name: raw.name.as_str().into(),
         table,
         address,
         decoding: Decoding {

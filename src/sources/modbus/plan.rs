@@ -58,7 +58,7 @@ impl fmt::Display for Table {
 /// One configured value of a device.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Point {
-    pub name: String,
+    pub name: crate::sample::FieldName,
     pub table: Table,
     /// 0-based protocol address.
     pub address: u16,

@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::config::{SubscriptionConfig, TimestampFormat};
-use crate::sample::{Sample, Value};
+use crate::sample::{FieldName, Sample, Value};
 
 /// Nesting deeper than this is rejected rather than flattened into absurd keys.
 pub const MAX_DEPTH: usize = 16;
@@ -105,7 +105,7 @@ pub fn decode(
         for (name, value) in &captures {
             if *name != "device" {
                 fields
-                    .entry((*name).to_string())
+                    .entry(FieldName::from(*name))
                     .or_insert_with(|| Value::Text((*value).to_string()));
             }
         }
@@ -162,7 +162,7 @@ fn flatten(
     object: &serde_json::Map<String, Json>,
     prefix: &str,
     depth: usize,
-    out: &mut BTreeMap<String, Value>,
+    out: &mut BTreeMap<FieldName, Value>,
 ) -> Result<(), DecodeError> {
     if depth > MAX_DEPTH {
         return Err(DecodeError::TooDeep);
@@ -182,7 +182,7 @@ fn flatten_value(
     value: &Json,
     name: String,
     depth: usize,
-    out: &mut BTreeMap<String, Value>,
+    out: &mut BTreeMap<FieldName, Value>,
 ) -> Result<(), DecodeError> {
     let leaf = match value {
         Json::Null => return Ok(()),
@@ -207,7 +207,7 @@ fn flatten_value(
     if out.len() >= MAX_FIELDS {
         return Err(DecodeError::TooManyFields);
     }
-    out.insert(name, leaf);
+    out.insert(name.into(), leaf);
     Ok(())
 }
 
@@ -398,7 +398,7 @@ mod tests {
             s.timestamp_field = None;
             let samples = decode("x", "plant/a/b/telemetry", &payload, 0, &s, 1 << 20).unwrap();
             for (k, v) in &values {
-                proptest::prop_assert_eq!(&samples[0].fields[k], &Value::Int(*v));
+                proptest::prop_assert_eq!(&samples[0].fields[k.as_str()], &Value::Int(*v));
             }
         }
     }
