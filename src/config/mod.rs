@@ -466,11 +466,7 @@ impl Config {
                     units::plural(d.requests.len(), "read")
                 );
                 for r in d.requests.iter() {
-                    let names: Vec<&str> = r
-                        .points
-                        .iter()
-                        .map(|&i| &*d.points[i].name)
-                        .collect();
+                    let names: Vec<&str> = r.points.iter().map(|&i| &*d.points[i].name).collect();
                     let _ = writeln!(out, "    {r}: {}", names.join(", "));
                 }
             }

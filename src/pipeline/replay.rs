@@ -206,7 +206,9 @@ pub fn run(model: &LoadedModel, options: &ReplayOptions) -> Result<Replay, Repla
         let mut sample = Sample::new("replay", device.clone(), index as i64);
         for (channel, value) in contract.channels.iter().zip(&values) {
             if let Some(v) = value {
-                sample.fields.insert(channel.as_str().into(), Value::Float(*v));
+                sample
+                    .fields
+                    .insert(channel.as_str().into(), Value::Float(*v));
             }
         }
         let window = windows

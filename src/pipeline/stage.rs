@@ -22,6 +22,8 @@ use crate::store::writer::Ingest;
 
 /// Samples gathered into one pass (and at most one model run per binding).
 const MAX_BATCH_SAMPLES: usize = 1024;
+/// How long a pass waits for more samples to score with the first (see `run`).
+const GATHER: Duration = Duration::from_millis(5);
 /// Runs of at most this many windows are made on the pipeline's own thread.
 const INLINE_WINDOWS: usize = 64;
 /// A model run taking longer than this switches the binding off.
@@ -107,14 +109,27 @@ pub async fn run(
         };
         let mut items = vec![first];
         let mut count = items[0].samples.len();
+        // With a model to run, what arrives within GATHER joins this pass: a model run has
+        // a fixed cost (tens of microseconds) that a batch shares, and at a few thousand
+        // messages a second a pass would otherwise hold one sample.
+        let gather_until = bindings
+            .iter()
+            .any(|b| b.model.is_some())
+            .then(|| tokio::time::Instant::now() + GATHER);
         while count < MAX_BATCH_SAMPLES {
-            match rx.try_recv() {
-                Ok(item) => {
-                    count += item.samples.len();
-                    items.push(item);
+            let item = match rx.try_recv() {
+                Ok(item) => item,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    let Some(until) = gather_until else { break };
+                    match tokio::time::timeout_at(until, rx.recv()).await {
+                        Ok(Some(item)) => item,
+                        Ok(None) | Err(_) => break,
+                    }
                 }
-                Err(_) => break,
-            }
+            };
+            count += item.samples.len();
+            items.push(item);
         }
 
         // Windows: which samples get a score, and their windows, per binding.

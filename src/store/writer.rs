@@ -62,12 +62,15 @@ pub fn lane_of(rules: &PriorityRules, sample: &Sample) -> Lane {
             .devices
             .iter()
             .any(|p| crate::pipeline::glob::matches(p, &sample.device))
-        || rules.fields.iter().any(|f| match sample.fields.get(f.as_str()) {
-            Some(Value::Bool(b)) => *b,
-            Some(Value::Int(i)) => *i != 0,
-            Some(Value::Float(x)) => *x != 0.0,
-            _ => false,
-        });
+        || rules
+            .fields
+            .iter()
+            .any(|f| match sample.fields.get(f.as_str()) {
+                Some(Value::Bool(b)) => *b,
+                Some(Value::Int(i)) => *i != 0,
+                Some(Value::Float(x)) => *x != 0.0,
+                _ => false,
+            });
     if marked { Lane::Priority } else { Lane::Main }
 }
 
