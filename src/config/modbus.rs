@@ -350,7 +350,8 @@ pub fn sources(
 
 /// Devices with equal point tables (a profile, usually) end up holding one copy.
 fn share_point_tables(sources: &mut [ModbusSourceConfig]) {
-    let mut distinct: Vec<(Arc<[Point]>, Arc<[plan::ReadRequest]>)> = Vec::new();
+    type Tables = (Arc<[Point]>, Arc<[plan::ReadRequest]>);
+    let mut distinct: Vec<Tables> = Vec::new();
     for device in sources.iter_mut().flat_map(|s| s.devices.iter_mut()) {
         match distinct
             .iter()
