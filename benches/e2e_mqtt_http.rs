@@ -311,9 +311,12 @@ async fn idle_and_startup() {
                 .find(|l| l.starts_with("VmRSS:"))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
                 .unwrap_or(0);
+            let (anon, file) = rss_split(daemon.pid());
             println!(
-                "\nidle, model loaded, MQTT connected: RSS {:.1} MiB",
-                rss as f64 / 1024.0
+                "\nidle, model loaded, MQTT connected: RSS {:.1} MiB ({:.1} MiB anonymous, {:.1} MiB of binary and libraries)",
+                rss as f64 / 1024.0,
+                anon as f64 / 1024.0,
+                file as f64 / 1024.0
             );
         }
         assert_eq!(daemon.terminate(), Some(0));

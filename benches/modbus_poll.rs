@@ -95,6 +95,7 @@ async fn run(devices: u64, dead_percent: u64, interval_ms: u64, seconds: u64) {
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let t1 = sample_now_ms();
     let (cpu1, hwm) = process_usage(pid);
+    let (anon, file) = rss_split(pid);
     assert_eq!(daemon.terminate(), Some(0));
 
     let records = read_ndjson(&out);
@@ -149,9 +150,11 @@ async fn run(devices: u64, dead_percent: u64, interval_ms: u64, seconds: u64) {
         100.0 * on_time as f64 / starts.max(1) as f64
     );
     println!(
-        "  daemon CPU {:.1}% of one core ({cpu:.2} CPU-s), peak RSS {:.1} MiB",
+        "  daemon CPU {:.1}% of one core ({cpu:.2} CPU-s), peak RSS {:.1} MiB; at the end {:.1} MiB anonymous + {:.1} MiB of binary and libraries",
         100.0 * cpu / window,
-        hwm as f64 / 1024.0
+        hwm as f64 / 1024.0,
+        anon as f64 / 1024.0,
+        file as f64 / 1024.0
     );
     stop.cancel();
 }

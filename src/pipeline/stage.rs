@@ -22,7 +22,9 @@ use crate::store::writer::Ingest;
 
 /// Samples gathered into one pass (and at most one model run per binding).
 const MAX_BATCH_SAMPLES: usize = 1024;
-/// How long a pass waits for more samples to score with the first (see `run`).
+/// How long a pass waits for more samples to score with the first (see `run`), while it
+/// holds fewer than `INLINE_WINDOWS`: past that a batch gains little, and waiting would
+/// only add latency.
 const GATHER: Duration = Duration::from_millis(5);
 /// Runs of at most this many windows are made on the pipeline's own thread.
 const INLINE_WINDOWS: usize = 64;
@@ -121,7 +123,9 @@ pub async fn run(
                 Ok(item) => item,
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    let Some(until) = gather_until else { break };
+                    let Some(until) = gather_until.filter(|_| count < INLINE_WINDOWS) else {
+                        break;
+                    };
                     match tokio::time::timeout_at(until, rx.recv()).await {
                         Ok(Some(item)) => item,
                         Ok(None) | Err(_) => break,

@@ -880,6 +880,21 @@ timeout = "5s"
     )
 }
 
+/// Resident memory of a process now, in KiB: (anonymous — its own heap and stacks;
+/// file-backed — the pages of its binary and libraries it has touched, clean and shared
+/// with the page cache). From /proc/PID/status.
+pub fn rss_split(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("RssAnon:"), field("RssFile:"))
+}
+
 /// (user + system CPU seconds, peak RSS in KiB) of a process, from /proc.
 pub fn process_usage(pid: u32) -> (f64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
