@@ -544,6 +544,48 @@ mod tests {
     }
 
     #[test]
+    fn devices_of_one_profile_share_one_point_table() {
+        let text = r#"
+[gateway]
+id = "gw"
+state_dir = "/tmp/tidegate-test-unused"
+[profiles.meter]
+points = [{ name = "v", address = "40001" }, { name = "f", address = "40010", type = "f32" }]
+[[sources.modbus_tcp]]
+name = "a"
+host = "127.0.0.1"
+[[sources.modbus_tcp.devices]]
+name = "m1"
+profile = "meter"
+[[sources.modbus_tcp]]
+name = "b"
+host = "127.0.0.1"
+[[sources.modbus_tcp.devices]]
+name = "m2"
+profile = "meter"
+[[sources.modbus_tcp.devices]]
+name = "other"
+unit = 2
+points = [{ name = "v", address = "40002" }]
+[[uplinks.stdout]]
+name = "out"
+"#;
+        let config = crate::config::from_str("t.toml", text, &crate::config::SystemEnvironment)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let devices: Vec<&ModbusDeviceConfig> = config
+            .modbus_sources
+            .iter()
+            .flat_map(|s| s.devices.iter())
+            .collect();
+        assert_eq!(devices.len(), 3);
+        assert!(Arc::ptr_eq(&devices[0].points, &devices[1].points));
+        assert!(Arc::ptr_eq(&devices[0].requests, &devices[1].requests));
+        assert!(!Arc::ptr_eq(&devices[0].points, &devices[2].points));
+        assert_eq!(&*devices[2].points[0].name, "v");
+        assert_eq!(devices[2].points[0].address, 1);
+    }
+
+    #[test]
     fn silent_interval_follows_the_standard() {
         let at_9600 = silent_interval(9600, 8, Parity::Even, 1);
         assert!((at_9600.as_secs_f64() - 3.5 * 11.0 / 9600.0).abs() < 1e-9);
