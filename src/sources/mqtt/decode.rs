@@ -79,29 +79,38 @@ pub fn decode(
             .ok_or_else(|| DecodeError::TopicMismatch(template.to_string()))?,
         None => Vec::new(),
     };
-    let json: Json =
-        serde_json::from_slice(payload).map_err(|e| DecodeError::NotJson(e.to_string()))?;
-    let objects = match json {
-        Json::Object(map) => vec![map],
-        Json::Array(items) => {
-            if items.len() > MAX_SAMPLES_PER_MESSAGE {
-                return Err(DecodeError::TooManySamples);
-            }
-            items
-                .into_iter()
-                .map(|item| match item {
-                    Json::Object(map) => Ok(map),
-                    other => Err(DecodeError::NotObject(json_kind(&other))),
-                })
-                .collect::<Result<Vec<_>, _>>()?
-        }
-        other => return Err(DecodeError::NotObject(json_kind(&other))),
+    // Straight from the bytes into flat fields: no `serde_json::Value` tree in between.
+    // Only the timestamp and device fields are kept as JSON too, for what they mean.
+    let special: Vec<&str> = sub
+        .timestamp_field
+        .iter()
+        .chain(sub.device_field.iter())
+        .map(String::as_str)
+        .collect();
+    let mut failure = None;
+    let parsed = {
+        let mut deserializer = serde_json::Deserializer::from_slice(payload);
+        serde::de::DeserializeSeed::deserialize(
+            Payload {
+                special: &special,
+                failure: &mut failure,
+            },
+            &mut deserializer,
+        )
+        .and_then(|objects| deserializer.end().map(|()| objects))
+    };
+    let objects = match (parsed, failure) {
+        (_, Some(failure)) => return Err(failure),
+        (Err(e), None) => return Err(DecodeError::NotJson(e.to_string())),
+        (Ok(objects), None) => objects,
     };
     let mut samples = Vec::with_capacity(objects.len());
-    for object in objects {
-        let mut fields = BTreeMap::new();
-        flatten(&object, "", 1, &mut fields)?;
-        let device = device_for(topic, &captures, sub, &object)?;
+    for Object {
+        mut fields,
+        special: values,
+    } in objects
+    {
+        let device = device_for(topic, &captures, sub, &values)?;
         for (name, value) in &captures {
             if *name != "device" {
                 fields
@@ -110,7 +119,7 @@ pub fn decode(
             }
         }
         let ts = match &sub.timestamp_field {
-            Some(field) => match object.get(field) {
+            Some(field) => match values.get(field) {
                 None | Some(Json::Null) => received_ms,
                 Some(value) => parse_timestamp(value, sub.timestamp_format).map_err(|reason| {
                     DecodeError::BadTimestamp {
@@ -128,17 +137,262 @@ pub fn decode(
     Ok(samples)
 }
 
+/// One object of a payload: its fields flattened, and the top-level values of the
+/// timestamp and device fields as they were.
+struct Object {
+    fields: BTreeMap<FieldName, Value>,
+    special: serde_json::Map<String, Json>,
+}
+
+/// A payload: one object, or an array of objects. A limit crossed is left in `failure`
+/// (the deserializer's own error then only says that it stopped).
+struct Payload<'a> {
+    special: &'a [&'a str],
+    failure: &'a mut Option<DecodeError>,
+}
+
+fn stop<E: serde::de::Error>(failure: &mut Option<DecodeError>, error: DecodeError) -> E {
+    *failure = Some(error);
+    E::custom("payload refused")
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Payload<'_> {
+    type Value = Vec<Object>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Vec<Object>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Payload<'_> {
+    type Value = Vec<Object>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object or an array of objects")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Vec<Object>, A::Error> {
+        let object = ObjectSeed {
+            special: self.special,
+            failure: self.failure,
+        }
+        .visit_map(map)?;
+        Ok(vec![object])
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Object>, A::Error> {
+        let mut objects = Vec::new();
+        loop {
+            let seed = ObjectSeed {
+                special: self.special,
+                failure: &mut *self.failure,
+            };
+            match seq.next_element_seed(seed)? {
+                Some(object) => {
+                    if objects.len() == MAX_SAMPLES_PER_MESSAGE {
+                        return Err(stop(self.failure, DecodeError::TooManySamples));
+                    }
+                    objects.push(object);
+                }
+                None => return Ok(objects),
+            }
+        }
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Vec<Object>, E> {
+        Err(stop(self.failure, DecodeError::NotObject("a boolean")))
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Vec<Object>, E> {
+        Err(stop(self.failure, DecodeError::NotObject("a number")))
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Vec<Object>, E> {
+        Err(stop(self.failure, DecodeError::NotObject("a number")))
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Vec<Object>, E> {
+        Err(stop(self.failure, DecodeError::NotObject("a number")))
+    }
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Vec<Object>, E> {
+        Err(stop(self.failure, DecodeError::NotObject("a string")))
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Vec<Object>, E> {
+        Err(stop(self.failure, DecodeError::NotObject("null")))
+    }
+}
+
+/// One object (an element of an array payload must be one).
+struct ObjectSeed<'a> {
+    special: &'a [&'a str],
+    failure: &'a mut Option<DecodeError>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for ObjectSeed<'_> {
+    type Value = Object;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Object, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ObjectSeed<'_> {
+    type Value = Object;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Object, A::Error> {
+        let mut object = Object {
+            fields: BTreeMap::new(),
+            special: serde_json::Map::new(),
+        };
+        while let Some(key) = map.next_key::<String>()? {
+            if self.special.contains(&key.as_str()) {
+                // Rare and small: kept whole, then flattened as any other field.
+                let value: Json = map.next_value()?;
+                flatten_value(&value, key.clone(), 1, &mut object.fields)
+                    .map_err(|e| stop(self.failure, e))?;
+                object.special.insert(key, value);
+            } else {
+                map.next_value_seed(Flatten {
+                    name: key,
+                    depth: 1,
+                    out: &mut object.fields,
+                    failure: &mut *self.failure,
+                })?;
+            }
+        }
+        Ok(object)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Object, A::Error> {
+        Err(stop(self.failure, DecodeError::NotObject("an array")))
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Object, E> {
+        Err(stop(self.failure, DecodeError::NotObject("a boolean")))
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Object, E> {
+        Err(stop(self.failure, DecodeError::NotObject("a number")))
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Object, E> {
+        Err(stop(self.failure, DecodeError::NotObject("a number")))
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Object, E> {
+        Err(stop(self.failure, DecodeError::NotObject("a number")))
+    }
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Object, E> {
+        Err(stop(self.failure, DecodeError::NotObject("a string")))
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Object, E> {
+        Err(stop(self.failure, DecodeError::NotObject("null")))
+    }
+}
+
+/// One value, flattened into `out` under `name` (what `flatten_value` does for a JSON
+/// tree, done while parsing).
+struct Flatten<'a> {
+    name: String,
+    depth: usize,
+    out: &'a mut BTreeMap<FieldName, Value>,
+    failure: &'a mut Option<DecodeError>,
+}
+
+impl Flatten<'_> {
+    fn leaf<E: serde::de::Error>(self, value: Value) -> Result<(), E> {
+        if self.out.len() >= MAX_FIELDS {
+            return Err(stop(self.failure, DecodeError::TooManyFields));
+        }
+        self.out.insert(self.name.into(), value);
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Flatten<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Flatten<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
+        self.leaf(Value::Bool(v))
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.leaf(Value::Int(v))
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        // Above i64::MAX becomes a float, as everywhere else.
+        match i64::try_from(v) {
+            Ok(v) => self.leaf(Value::Int(v)),
+            Err(_) => self.leaf(Value::Float(v as f64)),
+        }
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        self.leaf(Value::Float(v))
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.leaf(Value::Text(v.to_string()))
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<(), E> {
+        self.leaf(Value::Text(v))
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        Ok(()) // null: no value
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        if self.depth + 1 > MAX_DEPTH {
+            return Err(stop(self.failure, DecodeError::TooDeep));
+        }
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            map.next_value_seed(Flatten {
+                name: format!("{}.{key}", self.name),
+                depth: self.depth + 1,
+                out: &mut *self.out,
+                failure: &mut *self.failure,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if self.depth + 1 > MAX_DEPTH {
+            return Err(stop(self.failure, DecodeError::TooDeep));
+        }
+        let mut i = 0usize;
+        loop {
+            let seed = Flatten {
+                name: format!("{}.{i}", self.name),
+                depth: self.depth + 1,
+                out: &mut *self.out,
+                failure: &mut *self.failure,
+            };
+            if seq.next_element_seed(seed)?.is_none() {
+                return Ok(());
+            }
+            i += 1;
+        }
+    }
+}
+
 fn device_for(
     topic: &str,
     captures: &[(&str, &str)],
     sub: &SubscriptionConfig,
-    object: &serde_json::Map<String, Json>,
+    values: &serde_json::Map<String, Json>,
 ) -> Result<String, DecodeError> {
     if let Some((_, device)) = captures.iter().find(|(name, _)| *name == "device") {
         return Ok((*device).to_string());
     }
     if let Some(field) = &sub.device_field {
-        return match object.get(field) {
+        return match values.get(field) {
             Some(Json::String(s)) if !s.is_empty() => Ok(s.clone()),
             Some(Json::Number(n)) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
             _ => Err(DecodeError::MissingDevice(field.clone())),
@@ -385,10 +639,84 @@ mod tests {
         assert!(parse_timestamp(&json!("yesterday"), TimestampFormat::Auto).is_err());
     }
 
+    #[test]
+    fn limits_and_shapes_are_refused_with_their_reason() {
+        let mut s = sub();
+        s.timestamp_field = None;
+        let run = |payload: &[u8]| decode("x", "plant/a/b/telemetry", payload, 0, &s, 1 << 24);
+        let deep = format!(
+            "{}1{}",
+            "{\"a\":".repeat(MAX_DEPTH + 1),
+            "}".repeat(MAX_DEPTH + 1)
+        );
+        assert_eq!(run(deep.as_bytes()), Err(DecodeError::TooDeep));
+        let just_deep_enough = format!("{}1{}", "{\"a\":".repeat(MAX_DEPTH), "}".repeat(MAX_DEPTH));
+        let fields = &run(just_deep_enough.as_bytes()).unwrap()[0].fields;
+        assert_eq!(fields[["a"; MAX_DEPTH].join(".").as_str()], Value::Int(1));
+        let wide = format!("[{}]", vec!["0"; MAX_FIELDS + 1].join(","));
+        let wide = format!("{{\"v\":{wide}}}");
+        assert_eq!(run(wide.as_bytes()), Err(DecodeError::TooManyFields));
+        let many = format!("[{}]", vec!["{}"; MAX_SAMPLES_PER_MESSAGE + 1].join(","));
+        assert_eq!(run(many.as_bytes()), Err(DecodeError::TooManySamples));
+        assert_eq!(
+            run(b"[{\"a\":1}, 2]"),
+            Err(DecodeError::NotObject("a number"))
+        );
+        assert_eq!(run(b"null"), Err(DecodeError::NotObject("null")));
+        assert!(matches!(run(b"{\"a\":1} x"), Err(DecodeError::NotJson(_))));
+        assert!(matches!(run(b"{\"a\":"), Err(DecodeError::NotJson(_))));
+        assert_eq!(run(b"[]").unwrap().len(), 0);
+    }
+
+    /// Objects with scalars, nulls, nested objects and arrays, some deeper than
+    /// MAX_DEPTH. Keys never contain '.', so flattened names cannot collide.
+    fn json_object() -> impl proptest::strategy::Strategy<Value = Json> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Json::Null),
+            any::<bool>().prop_map(Json::Bool),
+            any::<i64>().prop_map(Json::from),
+            any::<u64>().prop_map(Json::from),
+            (-1e12f64..1e12).prop_map(Json::from),
+            "[a-z ]{0,6}".prop_map(Json::from),
+        ];
+        let value = leaf.prop_recursive(20, 200, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Json::Array),
+                proptest::collection::btree_map("[a-z]{1,4}", inner, 0..4)
+                    .prop_map(|m| Json::Object(m.into_iter().collect())),
+            ]
+        });
+        proptest::collection::btree_map("[a-z]{1,4}", value, 0..6)
+            .prop_map(|m| Json::Object(m.into_iter().collect()))
+    }
+
     proptest::proptest! {
         #[test]
         fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
             let _ = decode("x", "plant/a/b/telemetry", &bytes, 0, &sub(), 1 << 20);
+        }
+
+        #[test]
+        fn parsing_straight_to_fields_matches_flattening_the_json_tree(object in json_object()) {
+            let payload = serde_json::to_vec(&object).unwrap();
+            let mut s = sub();
+            s.timestamp_field = None;
+            let mut reference = BTreeMap::new();
+            // The tree is parsed from the same bytes: serde_json's float parsing need not
+            // give back exactly the float that was written.
+            let tree: Json = serde_json::from_slice(&payload).unwrap();
+            let expected = flatten(tree.as_object().unwrap(), "", 1, &mut reference);
+            let got = decode("x", "plant/a/b/telemetry", &payload, 0, &s, 1 << 20);
+            match (expected, got) {
+                (Ok(()), Ok(samples)) => {
+                    let mut fields = samples[0].fields.clone();
+                    fields.remove("line");
+                    proptest::prop_assert_eq!(fields, reference);
+                }
+                (Err(e), Err(g)) => proptest::prop_assert_eq!(e, g),
+                (e, g) => proptest::prop_assert!(false, "reference {e:?}, decoded {g:?}"),
+            }
         }
 
         #[test]
