@@ -23,10 +23,12 @@ use crate::store::writer::Ingest;
 /// Samples gathered into one pass (and at most one model run per binding).
 const MAX_BATCH_SAMPLES: usize = 1024;
 /// How long a pass waits for more samples to score with the first (see `run`), while it
-/// holds fewer than `INLINE_WINDOWS`: past that a batch gains little, and waiting would
-/// only add latency.
+/// holds fewer samples than `INLINE_WINDOWS`: past that a batch gains little, and waiting
+/// would only add latency.
 const GATHER: Duration = Duration::from_millis(5);
-/// Runs of at most this many windows are made on the pipeline's own thread.
+/// Runs of at most this many windows are made on the pipeline's own thread, and judged
+/// against the deadline once they return (a tract run is bounded work: it ends). Larger
+/// runs go to the blocking pool, where the deadline can cut the wait short.
 const INLINE_WINDOWS: usize = 64;
 /// A model run taking longer than this switches the binding off.
 const INFERENCE_DEADLINE: Duration = Duration::from_secs(2);
