@@ -1,14 +1,13 @@
 //! JSON payload → samples. Pure: no I/O, no clock (the receive time is passed in), so it
 //! is unit- and property-tested directly. The gateway adds, never drops: every payload
-//! field is kept, nested objects flattened as `a.b`, arrays as `a.0`, `a.1`. A JSON
-//! `null` means "no value" and is left out.
-
-use std::collections::BTreeMap;
+//! field is kept (the parsing and flattening is `flatten`'s), and here the topic's
+//! captures, the device and the timestamp are added.
 
 use serde_json::Value as Json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use super::flatten::Object;
 use crate::config::{SubscriptionConfig, TimestampFormat};
 use crate::sample::{FieldName, Sample, Value};
 
@@ -79,38 +78,11 @@ pub fn decode(
             .ok_or_else(|| DecodeError::TopicMismatch(template.to_string()))?,
         None => Vec::new(),
     };
-    // Straight from the bytes into flat fields: no `serde_json::Value` tree in between.
-    // Only the timestamp and device fields are kept as JSON too, for what they mean.
-    let special: Vec<&str> = sub
-        .timestamp_field
-        .iter()
-        .chain(sub.device_field.iter())
-        .map(String::as_str)
-        .collect();
-    let mut failure = None;
-    let parsed = {
-        let mut deserializer = serde_json::Deserializer::from_slice(payload);
-        serde::de::DeserializeSeed::deserialize(
-            Payload {
-                special: &special,
-                failure: &mut failure,
-            },
-            &mut deserializer,
-        )
-        .and_then(|objects| deserializer.end().map(|()| objects))
-    };
-    let objects = match (parsed, failure) {
-        (_, Some(failure)) => return Err(failure),
-        (Err(e), None) => return Err(DecodeError::NotJson(e.to_string())),
-        (Ok(objects), None) => objects,
-    };
+    let keep = [sub.timestamp_field.as_deref(), sub.device_field.as_deref()];
+    let objects = super::flatten::objects(payload, keep)?;
     let mut samples = Vec::with_capacity(objects.len());
-    for Object {
-        mut fields,
-        special: values,
-    } in objects
-    {
-        let device = device_for(topic, &captures, sub, &values)?;
+    for Object { mut fields, kept } in objects {
+        let device = device_for(topic, &captures, sub, &kept)?;
         for (name, value) in &captures {
             if *name != "device" {
                 fields
@@ -119,7 +91,7 @@ pub fn decode(
             }
         }
         let ts = match &sub.timestamp_field {
-            Some(field) => match values.get(field) {
+            Some(field) => match kept.get(field) {
                 None | Some(Json::Null) => received_ms,
                 Some(value) => parse_timestamp(value, sub.timestamp_format).map_err(|reason| {
                     DecodeError::BadTimestamp {
@@ -137,262 +109,17 @@ pub fn decode(
     Ok(samples)
 }
 
-/// One object of a payload: its fields flattened, and the top-level values of the
-/// timestamp and device fields as they were.
-struct Object {
-    fields: BTreeMap<FieldName, Value>,
-    special: serde_json::Map<String, Json>,
-}
-
-/// A payload: one object, or an array of objects. A limit crossed is left in `failure`
-/// (the deserializer's own error then only says that it stopped).
-struct Payload<'a> {
-    special: &'a [&'a str],
-    failure: &'a mut Option<DecodeError>,
-}
-
-fn stop<E: serde::de::Error>(failure: &mut Option<DecodeError>, error: DecodeError) -> E {
-    *failure = Some(error);
-    E::custom("payload refused")
-}
-
-impl<'de> serde::de::DeserializeSeed<'de> for Payload<'_> {
-    type Value = Vec<Object>;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Vec<Object>, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Payload<'_> {
-    type Value = Vec<Object>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON object or an array of objects")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Vec<Object>, A::Error> {
-        let object = ObjectSeed {
-            special: self.special,
-            failure: self.failure,
-        }
-        .visit_map(map)?;
-        Ok(vec![object])
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Object>, A::Error> {
-        let mut objects = Vec::new();
-        loop {
-            let seed = ObjectSeed {
-                special: self.special,
-                failure: &mut *self.failure,
-            };
-            match seq.next_element_seed(seed)? {
-                Some(object) => {
-                    if objects.len() == MAX_SAMPLES_PER_MESSAGE {
-                        return Err(stop(self.failure, DecodeError::TooManySamples));
-                    }
-                    objects.push(object);
-                }
-                None => return Ok(objects),
-            }
-        }
-    }
-
-    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Vec<Object>, E> {
-        Err(stop(self.failure, DecodeError::NotObject("a boolean")))
-    }
-    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Vec<Object>, E> {
-        Err(stop(self.failure, DecodeError::NotObject("a number")))
-    }
-    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Vec<Object>, E> {
-        Err(stop(self.failure, DecodeError::NotObject("a number")))
-    }
-    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Vec<Object>, E> {
-        Err(stop(self.failure, DecodeError::NotObject("a number")))
-    }
-    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Vec<Object>, E> {
-        Err(stop(self.failure, DecodeError::NotObject("a string")))
-    }
-    fn visit_unit<E: serde::de::Error>(self) -> Result<Vec<Object>, E> {
-        Err(stop(self.failure, DecodeError::NotObject("null")))
-    }
-}
-
-/// One object (an element of an array payload must be one).
-struct ObjectSeed<'a> {
-    special: &'a [&'a str],
-    failure: &'a mut Option<DecodeError>,
-}
-
-impl<'de> serde::de::DeserializeSeed<'de> for ObjectSeed<'_> {
-    type Value = Object;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Object, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for ObjectSeed<'_> {
-    type Value = Object;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Object, A::Error> {
-        let mut object = Object {
-            fields: BTreeMap::new(),
-            special: serde_json::Map::new(),
-        };
-        while let Some(key) = map.next_key::<String>()? {
-            if self.special.contains(&key.as_str()) {
-                // Rare and small: kept whole, then flattened as any other field.
-                let value: Json = map.next_value()?;
-                flatten_value(&value, key.clone(), 1, &mut object.fields)
-                    .map_err(|e| stop(self.failure, e))?;
-                object.special.insert(key, value);
-            } else {
-                map.next_value_seed(Flatten {
-                    name: key,
-                    depth: 1,
-                    out: &mut object.fields,
-                    failure: &mut *self.failure,
-                })?;
-            }
-        }
-        Ok(object)
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Object, A::Error> {
-        Err(stop(self.failure, DecodeError::NotObject("an array")))
-    }
-    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Object, E> {
-        Err(stop(self.failure, DecodeError::NotObject("a boolean")))
-    }
-    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Object, E> {
-        Err(stop(self.failure, DecodeError::NotObject("a number")))
-    }
-    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Object, E> {
-        Err(stop(self.failure, DecodeError::NotObject("a number")))
-    }
-    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Object, E> {
-        Err(stop(self.failure, DecodeError::NotObject("a number")))
-    }
-    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Object, E> {
-        Err(stop(self.failure, DecodeError::NotObject("a string")))
-    }
-    fn visit_unit<E: serde::de::Error>(self) -> Result<Object, E> {
-        Err(stop(self.failure, DecodeError::NotObject("null")))
-    }
-}
-
-/// One value, flattened into `out` under `name` (what `flatten_value` does for a JSON
-/// tree, done while parsing).
-struct Flatten<'a> {
-    name: String,
-    depth: usize,
-    out: &'a mut BTreeMap<FieldName, Value>,
-    failure: &'a mut Option<DecodeError>,
-}
-
-impl Flatten<'_> {
-    fn leaf<E: serde::de::Error>(self, value: Value) -> Result<(), E> {
-        if self.out.len() >= MAX_FIELDS {
-            return Err(stop(self.failure, DecodeError::TooManyFields));
-        }
-        self.out.insert(self.name.into(), value);
-        Ok(())
-    }
-}
-
-impl<'de> serde::de::DeserializeSeed<'de> for Flatten<'_> {
-    type Value = ();
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Flatten<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
-        self.leaf(Value::Bool(v))
-    }
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
-        self.leaf(Value::Int(v))
-    }
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
-        // Above i64::MAX becomes a float, as everywhere else.
-        match i64::try_from(v) {
-            Ok(v) => self.leaf(Value::Int(v)),
-            Err(_) => self.leaf(Value::Float(v as f64)),
-        }
-    }
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
-        self.leaf(Value::Float(v))
-    }
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
-        self.leaf(Value::Text(v.to_string()))
-    }
-    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<(), E> {
-        self.leaf(Value::Text(v))
-    }
-    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
-        Ok(()) // null: no value
-    }
-    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
-        Ok(())
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        if self.depth + 1 > MAX_DEPTH {
-            return Err(stop(self.failure, DecodeError::TooDeep));
-        }
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            map.next_value_seed(Flatten {
-                name: format!("{}.{key}", self.name),
-                depth: self.depth + 1,
-                out: &mut *self.out,
-                failure: &mut *self.failure,
-            })?;
-        }
-        Ok(())
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        if self.depth + 1 > MAX_DEPTH {
-            return Err(stop(self.failure, DecodeError::TooDeep));
-        }
-        let mut i = 0usize;
-        loop {
-            let seed = Flatten {
-                name: format!("{}.{i}", self.name),
-                depth: self.depth + 1,
-                out: &mut *self.out,
-                failure: &mut *self.failure,
-            };
-            if seq.next_element_seed(seed)?.is_none() {
-                return Ok(());
-            }
-            i += 1;
-        }
-    }
-}
-
 fn device_for(
     topic: &str,
     captures: &[(&str, &str)],
     sub: &SubscriptionConfig,
-    values: &serde_json::Map<String, Json>,
+    kept: &serde_json::Map<String, Json>,
 ) -> Result<String, DecodeError> {
     if let Some((_, device)) = captures.iter().find(|(name, _)| *name == "device") {
         return Ok((*device).to_string());
     }
     if let Some(field) = &sub.device_field {
-        return match values.get(field) {
+        return match kept.get(field) {
             Some(Json::String(s)) if !s.is_empty() => Ok(s.clone()),
             Some(Json::Number(n)) if n.is_i64() || n.is_u64() => Ok(n.to_string()),
             _ => Err(DecodeError::MissingDevice(field.clone())),
@@ -410,59 +137,6 @@ fn json_kind(value: &Json) -> &'static str {
         Json::Array(_) => "an array",
         Json::Object(_) => "an object",
     }
-}
-
-fn flatten(
-    object: &serde_json::Map<String, Json>,
-    prefix: &str,
-    depth: usize,
-    out: &mut BTreeMap<FieldName, Value>,
-) -> Result<(), DecodeError> {
-    if depth > MAX_DEPTH {
-        return Err(DecodeError::TooDeep);
-    }
-    for (key, value) in object {
-        let name = if prefix.is_empty() {
-            key.clone()
-        } else {
-            format!("{prefix}.{key}")
-        };
-        flatten_value(value, name, depth, out)?;
-    }
-    Ok(())
-}
-
-fn flatten_value(
-    value: &Json,
-    name: String,
-    depth: usize,
-    out: &mut BTreeMap<FieldName, Value>,
-) -> Result<(), DecodeError> {
-    let leaf = match value {
-        Json::Null => return Ok(()),
-        Json::Bool(b) => Value::Bool(*b),
-        Json::Number(n) => match n.as_i64() {
-            Some(i) => Value::Int(i),
-            // serde_json never yields NaN or infinity; u64 above i64::MAX becomes a float.
-            None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        Json::String(s) => Value::Text(s.clone()),
-        Json::Object(map) => return flatten(map, &name, depth + 1, out),
-        Json::Array(items) => {
-            if depth + 1 > MAX_DEPTH {
-                return Err(DecodeError::TooDeep);
-            }
-            for (i, item) in items.iter().enumerate() {
-                flatten_value(item, format!("{name}.{i}"), depth + 1, out)?;
-            }
-            return Ok(());
-        }
-    };
-    if out.len() >= MAX_FIELDS {
-        return Err(DecodeError::TooManyFields);
-    }
-    out.insert(name.into(), leaf);
-    Ok(())
 }
 
 /// Epoch numbers are accepted between 1970 and 2200 in their unit; `auto` picks the unit
@@ -513,6 +187,7 @@ pub fn parse_timestamp(value: &Json, format: TimestampFormat) -> Result<i64, Str
 mod tests {
     use super::*;
     use crate::sources::mqtt::topic::TopicTemplate;
+    use std::collections::BTreeMap;
 
     fn sub() -> SubscriptionConfig {
         SubscriptionConfig {
@@ -666,6 +341,60 @@ mod tests {
         assert!(matches!(run(b"{\"a\":1} x"), Err(DecodeError::NotJson(_))));
         assert!(matches!(run(b"{\"a\":"), Err(DecodeError::NotJson(_))));
         assert_eq!(run(b"[]").unwrap().len(), 0);
+    }
+
+    /// The reference the parser is held to: flattening a parsed JSON tree.
+    fn flatten(
+        object: &serde_json::Map<String, Json>,
+        prefix: &str,
+        depth: usize,
+        out: &mut BTreeMap<FieldName, Value>,
+    ) -> Result<(), DecodeError> {
+        if depth > MAX_DEPTH {
+            return Err(DecodeError::TooDeep);
+        }
+        for (key, value) in object {
+            let name = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            flatten_value(value, name, depth, out)?;
+        }
+        Ok(())
+    }
+
+    fn flatten_value(
+        value: &Json,
+        name: String,
+        depth: usize,
+        out: &mut BTreeMap<FieldName, Value>,
+    ) -> Result<(), DecodeError> {
+        let leaf = match value {
+            Json::Null => return Ok(()),
+            Json::Bool(b) => Value::Bool(*b),
+            Json::Number(n) => match n.as_i64() {
+                Some(i) => Value::Int(i),
+                // serde_json never yields NaN or infinity; u64 above i64::MAX becomes a float.
+                None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            Json::String(s) => Value::Text(s.clone()),
+            Json::Object(map) => return flatten(map, &name, depth + 1, out),
+            Json::Array(items) => {
+                if depth + 1 > MAX_DEPTH {
+                    return Err(DecodeError::TooDeep);
+                }
+                for (i, item) in items.iter().enumerate() {
+                    flatten_value(item, format!("{name}.{i}"), depth + 1, out)?;
+                }
+                return Ok(());
+            }
+        };
+        if out.len() >= MAX_FIELDS {
+            return Err(DecodeError::TooManyFields);
+        }
+        out.insert(name.into(), leaf);
+        Ok(())
     }
 
     /// Objects with scalars, nulls, nested objects and arrays, some deeper than

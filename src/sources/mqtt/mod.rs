@@ -14,6 +14,7 @@
 //! dropped past [`MAX_WAITING`] and counted.
 
 pub mod decode;
+mod flatten;
 pub mod topic;
 
 use std::sync::Arc;
