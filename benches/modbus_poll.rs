@@ -33,15 +33,8 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// `TG_WORKERS`: the daemon's `gateway.worker_threads` (default: tidegate's own default).
-fn workers() -> String {
-    std::env::var("TG_WORKERS")
-        .map(|w| format!("worker_threads = {w}\n"))
-        .unwrap_or_default()
-}
-
-async fn run(devices: u64, dead_percent: u64, interval_ms: u64, seconds: u64) {
-    let dir = tempfile::tempdir().unwrap();
+/// What each simulated meter holds: HR 0–19, IR 0–19, five f32 at HR 100–109.
+fn meter_unit() -> Unit {
     let mut unit = Unit::default();
     unit.set_holding(0, &(0..20).collect::<Vec<u16>>());
     unit.set_input(0, &(100..120).collect::<Vec<u16>>());
@@ -51,6 +44,34 @@ async fn run(devices: u64, dead_percent: u64, interval_ms: u64, seconds: u64) {
             &encode(&(1.5f32 + f32::from(i)).to_be_bytes(), "ABCD"),
         );
     }
+    unit
+}
+
+/// Adds the file uplink to the config `text`, starts the daemon on it; returns the daemon
+/// and the file the records land in.
+fn start_with_file_uplink(dir: &std::path::Path, mut text: String) -> (Daemon, std::path::PathBuf) {
+    let out = dir.join("records.ndjson");
+    let _ = write!(
+        text,
+        "[[uplinks.file]]\nname = \"archive\"\npath = \"{}\"\nmax_records = 5000\nlinger = \"1s\"\n",
+        out.display()
+    );
+    let config = dir.join("tidegate.toml");
+    std::fs::write(&config, text).unwrap();
+    let daemon = Daemon::start_at_level(&config, &dir.join("tidegate.log"), "info");
+    (daemon, out)
+}
+
+/// `TG_WORKERS`: the daemon's `gateway.worker_threads` (default: tidegate's own default).
+fn workers() -> String {
+    std::env::var("TG_WORKERS")
+        .map(|w| format!("worker_threads = {w}\n"))
+        .unwrap_or_default()
+}
+
+async fn run(devices: u64, dead_percent: u64, interval_ms: u64, seconds: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = meter_unit();
     let mut dead = unit.clone();
     dead.silent = true;
     let stop = CancellationToken::new();
@@ -78,15 +99,7 @@ async fn run(devices: u64, dead_percent: u64, interval_ms: u64, seconds: u64) {
              [[sources.modbus_tcp.devices]]\nname = \"dev{d}\"\nprofile = \"meter\"\npoll_interval = \"{interval_ms}ms\"\ntimeout = \"1s\"\n"
         );
     }
-    let out = dir.path().join("records.ndjson");
-    let _ = write!(
-        text,
-        "[[uplinks.file]]\nname = \"archive\"\npath = \"{}\"\nmax_records = 5000\nlinger = \"1s\"\n",
-        out.display()
-    );
-    let config = dir.path().join("tidegate.toml");
-    std::fs::write(&config, text).unwrap();
-    let mut daemon = Daemon::start_at_level(&config, &dir.path().join("tidegate.log"), "info");
+    let (mut daemon, out) = start_with_file_uplink(dir.path(), text);
     // Warm-up: connections made, phases spread.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let pid = daemon.pid();
@@ -195,15 +208,7 @@ fn rtu_poll_seconds(baud: u32) -> f64 {
 async fn run_rtu(units: u8, dead: u8, seconds: u64) {
     let baud = 19_200;
     let dir = tempfile::tempdir().unwrap();
-    let mut unit = Unit::default();
-    unit.set_holding(0, &(0..20).collect::<Vec<u16>>());
-    unit.set_input(0, &(100..120).collect::<Vec<u16>>());
-    for i in 0..5u16 {
-        unit.set_holding(
-            100 + i * 2,
-            &encode(&(1.5f32 + f32::from(i)).to_be_bytes(), "ABCD"),
-        );
-    }
+    let unit = meter_unit();
     let mut all = HashMap::new();
     for id in 1..=units {
         let mut u = unit.clone();
@@ -227,15 +232,7 @@ async fn run_rtu(units: u8, dead: u8, seconds: u64) {
             "[[sources.modbus_rtu.devices]]\nname = \"unit{id}\"\nunit = {id}\nprofile = \"meter\"\npoll_interval = \"100ms\"\ntimeout = \"1s\"\n"
         );
     }
-    let out = dir.path().join("records.ndjson");
-    let _ = write!(
-        text,
-        "[[uplinks.file]]\nname = \"archive\"\npath = \"{}\"\nmax_records = 5000\nlinger = \"1s\"\n",
-        out.display()
-    );
-    let config = dir.path().join("tidegate.toml");
-    std::fs::write(&config, text).unwrap();
-    let mut daemon = Daemon::start_at_level(&config, &dir.path().join("tidegate.log"), "info");
+    let (mut daemon, out) = start_with_file_uplink(dir.path(), text);
     // Long enough for the dead unit's breaker to open (10 s); `TG_RTU_WARMUP=90` measures
     // the steady state, once its probes are a minute apart.
     tokio::time::sleep(Duration::from_secs(env_or("TG_RTU_WARMUP", 10))).await;
