@@ -588,3 +588,45 @@ async fn probe_shows_every_decoding_and_scan_finds_the_units_on_a_line() {
     assert!(stdout.contains("2 of 10 unit ids answered"), "{stdout}");
     assert!(line.function_codes().iter().all(|c| *c == 3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_device_is_retried_while_trusted_and_probed_once_when_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut dead = Unit::default();
+    dead.silent = true;
+    let devices = Devices::new(HashMap::from([(1, dead)]));
+    let stop = CancellationToken::new();
+    let address = serve_tcp(devices.clone(), stop.clone()).await;
+    let source = format!(
+        "[[sources.modbus_tcp]]\nname = \"plc\"\nhost = \"127.0.0.1\"\nport = {}\n\
+         [[sources.modbus_tcp.devices]]\nname = \"dead\"\npoll_interval = \"200ms\"\ntimeout = \"100ms\"\nretries = 2\n\
+         points = [{{ name = \"v\", address = \"40001\" }}]\n",
+        address.port()
+    );
+    let mut daemon = Daemon::start(
+        &config(dir.path(), &source),
+        &dir.path().join("tidegate.log"),
+    );
+    daemon
+        .wait_log("the breaker to open", Duration::from_secs(20), |t| {
+            t.contains("device dead failed 3 polls in a row")
+        })
+        .await;
+    // Probes after 1 s and then 2 s more.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert_eq!(daemon.terminate(), Some(0));
+    let polls = records_of(dir.path(), "dead").len();
+    let requests = devices.requests_to(1, 3, 0);
+    eprintln!("{polls} polls made, {requests} requests sent");
+    assert!(
+        polls >= 5,
+        "at least two probes after the three failed polls: {polls}"
+    );
+    // Three polls of three tries each, then one request per probe (a probe cut short by
+    // the stop has sent its request but left no record).
+    let expected = 3 * 3 + (polls - 3);
+    assert!(
+        requests == expected || requests == expected + 1,
+        "{requests} requests for {polls} polls, expected {expected}"
+    );
+}
