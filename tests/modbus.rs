@@ -592,8 +592,10 @@ async fn probe_shows_every_decoding_and_scan_finds_the_units_on_a_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_device_is_retried_while_trusted_and_probed_once_when_not() {
     let dir = tempfile::tempdir().unwrap();
-    let mut dead = Unit::default();
-    dead.silent = true;
+    let dead = Unit {
+        silent: true,
+        ..Unit::default()
+    };
     let devices = Devices::new(HashMap::from([(1, dead)]));
     let stop = CancellationToken::new();
     let address = serve_tcp(devices.clone(), stop.clone()).await;
