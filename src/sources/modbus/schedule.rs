@@ -3,6 +3,12 @@
 //! one. Devices start at a phase derived from their name, spreading a thousand devices
 //! over the interval instead of firing them in one burst. A slot that has already slipped
 //! by half an interval or more is skipped and counted, not polled late.
+//!
+//! Phases fall on [`PHASE_SLOTS`] points of the interval, not anywhere in it: devices
+//! sharing a point are polled together, so the event loop wakes once for the group and
+//! their replies arrive together. Spread to the nanosecond, 1,000 devices at 1 s woke it
+//! about 4,000 times a second, each wake-up a thread switch; with 10 points the gateway
+//! used about 30% less CPU for the same polls (`benches/modbus_poll.rs`).
 
 use std::time::Duration;
 
@@ -15,16 +21,21 @@ pub struct Schedule {
     pub skipped: u64,
 }
 
-/// A stable phase in `[0, interval)` for a device name (FNV-1a: stable across builds and
-/// platforms, unlike std's hasher).
+/// How many points of its interval a device's phase can fall on. Ten keeps each burst to
+/// a tenth of the devices that share an interval (100 of 1,000), which any network and any
+/// device takes in its stride, while the wake-ups it saves are most of what there is to save.
+pub const PHASE_SLOTS: u64 = 10;
+
+/// A stable phase in `[0, interval)` for a device name, on one of [`PHASE_SLOTS`] evenly
+/// spaced points (FNV-1a: stable across builds and platforms, unlike std's hasher).
 pub fn phase_for(name: &str, interval: Duration) -> Duration {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in name.bytes() {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    let nanos = interval.as_nanos().max(1) as u64;
-    Duration::from_nanos(hash % nanos)
+    let slot_nanos = interval.as_nanos() as u64 / PHASE_SLOTS;
+    Duration::from_nanos((hash % PHASE_SLOTS) * slot_nanos)
 }
 
 impl Schedule {
@@ -105,5 +116,21 @@ mod tests {
         // Roughly uniform: no tenth of the second holds more than twice its share.
         assert!(buckets.iter().all(|&n| n > 50 && n < 200), "{buckets:?}");
         assert_eq!(phase_for("x", interval), phase_for("x", interval));
+    }
+
+    #[test]
+    fn phases_fall_on_the_slots_so_devices_poll_in_groups() {
+        let interval = Duration::from_millis(250);
+        let slot = interval / PHASE_SLOTS as u32;
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..200 {
+            let phase = phase_for(&format!("meter-{i}"), interval);
+            assert!(phase < interval);
+            assert_eq!(phase.as_nanos() % slot.as_nanos(), 0, "{phase:?}");
+            seen.insert(phase);
+        }
+        assert_eq!(seen.len() as u64, PHASE_SLOTS);
+        // An interval too short to divide still gives a valid phase.
+        assert_eq!(phase_for("x", Duration::from_nanos(3)), Duration::ZERO);
     }
 }
