@@ -1,8 +1,11 @@
 //! The MQTT source. One task owns the rumqttc event loop and never blocks on anything but
-//! the bounded channel to the store writer; a second task sends PUBACKs, in the order the
+//! the bounded channel to the store writer. It also sends the PUBACKs, in the order the
 //! writer commits, which is the order the messages arrived. A QoS 1 message is therefore
 //! acknowledged to the broker only once its samples are in the store: if tidegate dies
 //! in between, the broker (persistent session) delivers it again.
+//!
+//! The PUBACKs of one commit go out in one write: rumqttc, asked through its client,
+//! sends each acknowledgement with a write of its own, a system call per message.
 //!
 //! Malformed payloads are counted per topic, logged rate-limited, and acknowledged (in
 //! order) so the broker does not redeliver them forever; the connection stays up.
@@ -21,8 +24,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, Publish, QoS, SubscribeFilter,
-    SubscribeReasonCode, TlsConfiguration, Transport,
+    AsyncClient, ConnectReturnCode, Event, EventLoop, MqttOptions, Packet, PubAck, Publish, QoS,
+    SubscribeFilter, SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -51,10 +54,14 @@ pub enum MqttSourceError {
     },
 }
 
-/// What the PUBACK task needs to acknowledge one message.
+/// Most PUBACKs written before one flush: a commit's worth at tens of thousands of
+/// messages a second, and a bound on how long the event loop waits for them.
+const MAX_ACKS_PER_WRITE: usize = 512;
+
+/// What acknowledging one message takes. Subscriptions are QoS 0 or 1, so the broker
+/// delivers nothing at QoS 2 and an acknowledgement is always a PUBACK.
 struct AckToken {
     pkid: u16,
-    qos: QoS,
 }
 
 pub struct MqttSource {
@@ -105,8 +112,8 @@ impl MqttSource {
         network.set_connection_timeout(config.connect_timeout.as_secs().max(1));
         eventloop.set_network_options(network);
 
-        let (ack_tx, ack_rx) = mpsc::unbounded_channel::<AckToken>();
-        let ack_task = tokio::spawn(send_acks(client.clone(), ack_rx, name.clone()));
+        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<AckToken>();
+        let write_deadline = config.connect_timeout.max(Duration::from_secs(1));
 
         let filters: Vec<SubscribeFilter> = config
             .subscriptions
@@ -130,8 +137,15 @@ impl MqttSource {
         let mut held_back = false;
 
         loop {
+            // Only while connected: taking this branch drops the pending `poll`, which
+            // must not happen to a connection attempt half made.
+            let can_ack = eventloop.network.is_some();
             let event = tokio::select! {
                 biased;
+                Some(first) = ack_rx.recv(), if can_ack => {
+                    write_acks(&mut eventloop, first, &mut ack_rx, write_deadline, &name).await;
+                    continue;
+                }
                 permit = tx.reserve(), if !waiting.is_empty() => {
                     match permit {
                         Ok(permit) => permit.send(waiting.pop_front().expect("not empty")),
@@ -262,11 +276,18 @@ impl MqttSource {
         drop(ack_tx);
         let deadline = tokio::time::sleep(Duration::from_secs(3));
         tokio::pin!(deadline);
-        let mut ack_task = ack_task;
         if connected {
             loop {
+                let can_ack = eventloop.network.is_some();
                 tokio::select! {
-                    _ = &mut ack_task => break,
+                    biased;
+                    token = ack_rx.recv(), if can_ack => match token {
+                        Some(first) => {
+                            write_acks(&mut eventloop, first, &mut ack_rx, write_deadline, &name)
+                                .await
+                        }
+                        None => break,
+                    },
                     _ = &mut deadline => break,
                     event = eventloop.poll() => if event.is_err() { break },
                 }
@@ -281,7 +302,6 @@ impl MqttSource {
             });
             let _ = flush.await;
         }
-        ack_task.abort();
         log::info!("source {name}: stopped");
     }
 }
@@ -334,10 +354,7 @@ fn handle_publish(
     let on_commit: Option<crate::store::writer::OnCommit> = if publish.qos == QoS::AtMostOnce {
         None
     } else {
-        let token = AckToken {
-            pkid: publish.pkid,
-            qos: publish.qos,
-        };
+        let token = AckToken { pkid: publish.pkid };
         let ack_tx = ack_tx.clone();
         Some(Box::new(move || {
             let _ = ack_tx.send(token);
@@ -348,19 +365,45 @@ fn handle_publish(
     Ingest { samples, on_commit }
 }
 
-async fn send_acks(client: AsyncClient, mut rx: mpsc::UnboundedReceiver<AckToken>, name: String) {
-    while let Some(token) = rx.recv().await {
-        let mut publish = Publish::new("", token.qos, Vec::<u8>::new());
-        publish.pkid = token.pkid;
-        if let Err(e) = client.ack(&publish).await {
-            // The event loop is gone; the broker will redeliver what was not acknowledged.
-            log::debug!(
-                "source {name}: cannot acknowledge message {}: {e}",
-                token.pkid
-            );
-            return;
+/// Writes `first` and every PUBACK already waiting behind it (up to
+/// [`MAX_ACKS_PER_WRITE`]), in commit order, then flushes once. A write that fails or
+/// does not finish in time drops the connection: the next `poll` connects again and the
+/// broker delivers what was left unacknowledged (the session is persistent).
+async fn write_acks(
+    eventloop: &mut EventLoop,
+    first: AckToken,
+    rx: &mut mpsc::UnboundedReceiver<AckToken>,
+    deadline: Duration,
+    name: &str,
+) {
+    let Some(network) = eventloop.network.as_mut() else {
+        return;
+    };
+    let mut next = Some(first);
+    let mut written = 0;
+    let result = tokio::time::timeout(deadline, async {
+        while let Some(token) = next.take() {
+            network
+                .write(Packet::PubAck(PubAck::new(token.pkid)))
+                .await?;
+            written += 1;
+            if written < MAX_ACKS_PER_WRITE {
+                next = rx.try_recv().ok();
+            }
         }
-    }
+        network.flush().await
+    })
+    .await;
+    let failure = match result {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no progress in {deadline:?}"),
+    };
+    log::warn!(
+        "source {name}: cannot send acknowledgements ({failure}); reconnecting, the broker \
+         will deliver the unacknowledged messages again"
+    );
+    eventloop.clean();
 }
 
 /// MQTT topic filter matching (`+` one level, `#` the rest).
