@@ -128,12 +128,7 @@ fn records(c: &mut Criterion) {
             frame::encode_into(&mut buf, 1, 1, 0, black_box(&s))
         })
     });
-    let batch: Vec<Record> = (0..500)
-        .map(|i| Record {
-            seq: i,
-            sample: sample(i),
-        })
-        .collect();
+    let batch: Vec<Record> = (0..500).map(|i| Record::new(i, sample(i))).collect();
     g.throughput(Throughput::Elements(500));
     g.bench_function("batch of 500: JSON + gzip", |b| {
         b.iter(|| body::encode("gw", black_box(&batch), true))

@@ -257,10 +257,7 @@ mod tests {
     use crate::sample::Sample;
 
     fn record(seq: u64) -> Record {
-        Record {
-            seq,
-            sample: Sample::new("s", "d", seq as i64),
-        }
+        Record::new(seq, Sample::new("s", "d", seq as i64))
     }
 
     #[test]

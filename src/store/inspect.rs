@@ -137,13 +137,7 @@ impl Inspection {
                 from = last.meta.pos + 1;
                 for r in raw {
                     if let Ok(sample) = frame::decode_body(&r.body) {
-                        f(
-                            lane,
-                            &Record {
-                                seq: r.meta.seq,
-                                sample,
-                            },
-                        );
+                        f(lane, &Record::new(r.meta.seq, sample));
                         shown += 1;
                     }
                 }

@@ -21,7 +21,7 @@ use super::{
     Appended, Batch, Committed, Lane, Store, StoreError, StoreOptions, StoreStats, UplinkBacklog,
 };
 use crate::config::FullPolicy;
-use crate::sample::{Record, Sample};
+use crate::sample::{Record, RecordForm, Sample};
 
 /// How long to wait for the store's lock: a process that just stopped can hold it for a
 /// moment while it exits.
@@ -558,7 +558,12 @@ impl Store for LogStore {
         Ok(())
     }
 
-    fn read(&self, uplink: &str, max: usize) -> Result<Option<Batch>, StoreError> {
+    fn read_as(
+        &self,
+        uplink: &str,
+        max: usize,
+        form: RecordForm,
+    ) -> Result<Option<Batch>, StoreError> {
         let requeued = self.dead.requeued(uplink, max)?;
         if let Some(last) = requeued.last() {
             return Ok(Some(Batch {
@@ -595,24 +600,29 @@ impl Store for LogStore {
         let through = raw.last().map_or(0, |r| r.meta.pos);
         let mut records = Vec::with_capacity(raw.len());
         for r in raw {
-            match frame::decode_body(&r.body) {
-                Ok(sample) => records.push(Record {
-                    seq: r.meta.seq,
-                    sample,
-                }),
-                Err(e) => {
+            let seq = r.meta.seq;
+            let decoded = match form {
+                RecordForm::Json => String::from_utf8(r.body)
+                    .map(|json| Record::from_json(seq, json.into_boxed_str()))
+                    .map_err(|e| {
+                        let text = e.to_string();
+                        (e.into_bytes(), text)
+                    }),
+                RecordForm::Sample => frame::decode_body(&r.body)
+                    .map(|sample| Record::new(seq, sample))
+                    .map_err(|text| (r.body, text)),
+            };
+            match decoded {
+                Ok(record) => records.push(record),
+                Err((body, e)) => {
                     // The checksum held, so this is not disk damage: a record this
                     // version cannot read. Kept in quarantine, counted, skipped.
                     log::error!(
-                        "store: record {} does not decode ({e}); moved to quarantine, not sent",
-                        r.meta.seq
+                        "store: record {seq} does not decode ({e}); moved to quarantine, not sent"
                     );
                     let dir = self.state_dir.join("quarantine");
                     let _ = std::fs::create_dir_all(&dir).and_then(|_| {
-                        std::fs::write(
-                            dir.join(format!("undecodable-{}.json", r.meta.seq)),
-                            &r.body,
-                        )
+                        std::fs::write(dir.join(format!("undecodable-{seq}.json")), &body)
                     });
                     self.lock().snap.totals.damaged += 1;
                 }

@@ -27,7 +27,7 @@ use std::time::Duration;
 pub use log_store::LogStore;
 
 use crate::config::FullPolicy;
-use crate::sample::{Record, Sample};
+use crate::sample::{Record, RecordForm, Sample};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -179,7 +179,18 @@ pub trait Store: Send + Sync + 'static {
     fn checkpoint(&self) -> Result<(), StoreError>;
     /// The next records the uplink should send: requeued first, then the priority lane,
     /// then the main lane. `None` when it has everything.
-    fn read(&self, uplink: &str, max: usize) -> Result<Option<Batch>, StoreError>;
+    fn read(&self, uplink: &str, max: usize) -> Result<Option<Batch>, StoreError> {
+        self.read_as(uplink, max, RecordForm::Sample)
+    }
+    /// [`Store::read`], with the records decoded or kept as their stored JSON. A record
+    /// that does not decode is quarantined only when read decoded: as JSON it is sent as
+    /// it was written.
+    fn read_as(
+        &self,
+        uplink: &str,
+        max: usize,
+        form: RecordForm,
+    ) -> Result<Option<Batch>, StoreError>;
     /// Number of records the uplink has still to send.
     fn pending(&self, uplink: &str) -> Result<u64, StoreError>;
     /// Marks a lane delivered by `uplink` through `through` (a batch's `through`), and

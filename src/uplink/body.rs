@@ -66,7 +66,7 @@ mod tests {
             .map(|seq| {
                 let mut s = Sample::new("src", "dev", 1000 + seq as i64);
                 s.fields.insert("v".into(), Value::Int(seq as i64));
-                Record { seq, sample: s }
+                Record::new(seq, s)
             })
             .collect();
         let gz = encode("gw", &records, true);

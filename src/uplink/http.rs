@@ -19,7 +19,7 @@ use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::{Delivery, Sink, body, influx};
 use crate::config::{BodyFormat, HttpAuth, HttpUplinkConfig};
-use crate::sample::Record;
+use crate::sample::{Record, RecordForm};
 use crate::tls::{self, TlsError};
 
 pub struct HttpSink {
@@ -109,6 +109,13 @@ impl HttpSink {
 }
 
 impl Sink for HttpSink {
+    fn form(&self) -> RecordForm {
+        match self.format {
+            BodyFormat::Batch => RecordForm::Json,
+            BodyFormat::InfluxLine { .. } => RecordForm::Sample,
+        }
+    }
+
     async fn send(&mut self, records: &[Record]) -> Delivery {
         let (first, last) = (records[0].seq, records[records.len() - 1].seq);
         let key = body::idempotency_key(&self.gateway, first, last);

@@ -41,7 +41,8 @@ fn string_field(out: &mut String, text: &str) {
 
 /// Appends one record as a line.
 pub fn encode_line(out: &mut String, measurement: &str, gateway: &str, record: &Record) {
-    let sample = &record.sample;
+    let sample = record.sample();
+    let sample = &*sample;
     escape_into(out, measurement, MEASUREMENT);
     for (key, value) in [
         ("device", sample.device.as_str()),
@@ -116,9 +117,10 @@ pub fn encode_line(out: &mut String, measurement: &str, gateway: &str, record: &
 pub fn encode(measurement: &str, gateway: &str, records: &[Record]) -> Vec<u8> {
     let mut out = String::with_capacity(records.len() * 160);
     for record in records {
+        let sample = record.sample();
         let name = measurement
-            .replace("{source}", &record.sample.source)
-            .replace("{device}", &record.sample.device);
+            .replace("{source}", &sample.source)
+            .replace("{device}", &sample.device);
         encode_line(&mut out, &name, gateway, record);
     }
     out.into_bytes()
@@ -137,10 +139,7 @@ mod tests {
         s.fields
             .insert("mode".into(), Value::Text("say \"auto\"\nnow".into()));
         s.fields.insert("bad float".into(), Value::Float(f64::NAN));
-        Record {
-            seq: 101,
-            sample: s,
-        }
+        Record::new(101, s)
     }
 
     #[test]
@@ -155,20 +154,20 @@ mod tests {
 
     #[test]
     fn quality_and_anomaly_are_kept() {
-        let mut r = record();
-        r.sample.fields.clear();
-        r.sample.quality = Quality::Bad {
+        let mut s = record().into_sample();
+        s.fields.clear();
+        s.quality = Quality::Bad {
             reason: BadReason::Timeout,
             detail: "no answer".into(),
         };
-        r.sample.anomaly = Some(Anomaly {
+        s.anomaly = Some(Anomaly {
             score: 9.0,
             threshold: 8.0,
             is_anomaly: true,
             model: "m".into(),
             version: String::new(),
         });
-        let line = String::from_utf8(encode("plant", "gw", &[r])).unwrap();
+        let line = String::from_utf8(encode("plant", "gw", &[Record::new(101, s)])).unwrap();
         assert!(line.contains(",quality=bad "), "{line}");
         assert!(
             line.contains("quality_detail=\"timeout: no answer\""),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use super::{Delivery, Sink};
 use crate::config::StdoutFormat;
-use crate::sample::Record;
+use crate::sample::{Record, RecordForm};
 
 pub struct FileSink {
     path: PathBuf,
@@ -19,6 +19,10 @@ impl FileSink {
 }
 
 impl Sink for FileSink {
+    fn form(&self) -> RecordForm {
+        RecordForm::Json
+    }
+
     async fn send(&mut self, records: &[Record]) -> Delivery {
         let mut buf = Vec::with_capacity(records.len() * 200);
         for record in records {
@@ -62,7 +66,8 @@ impl StdoutSink {
 /// `2026-11-28T14:35:30.123Z pump-1 #42 flow=12.5 mode="auto" anomaly=0.12/0.80`
 pub fn text_line(record: &Record) -> String {
     use std::fmt::Write as _;
-    let s = &record.sample;
+    let s = record.sample();
+    let s = &*s;
     let ts = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(s.ts) * 1_000_000)
         .ok()
         .and_then(|t| {
@@ -95,6 +100,13 @@ pub fn text_line(record: &Record) -> String {
 }
 
 impl Sink for StdoutSink {
+    fn form(&self) -> RecordForm {
+        match self.format {
+            StdoutFormat::Json => RecordForm::Json,
+            StdoutFormat::Text => RecordForm::Sample,
+        }
+    }
+
     async fn send(&mut self, records: &[Record]) -> Delivery {
         let mut out = String::with_capacity(records.len() * 160);
         for record in records {

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Batching;
 use crate::ops::Stats;
-use crate::sample::Record;
+use crate::sample::{Record, RecordForm};
 use crate::store::{Batch, Committed, Lane, Store, StoreError};
 use backoff::Backoff;
 
@@ -44,6 +44,12 @@ pub enum Delivery {
 /// A destination for batches.
 pub trait Sink: Send {
     fn send(&mut self, records: &[Record]) -> impl std::future::Future<Output = Delivery> + Send;
+    /// How the sink wants its records. A sink that only writes each record out as JSON
+    /// takes them as stored, sparing a decode and an encode per record; one that looks
+    /// inside (a topic per device, line protocol, text) takes them decoded.
+    fn form(&self) -> RecordForm {
+        RecordForm::Sample
+    }
 }
 
 pub struct UplinkSettings {
@@ -78,6 +84,7 @@ pub async fn run<S: Sink>(
     let shutdown = signals.stop;
     let drain = signals.drain;
     let name = settings.name.clone();
+    let form = sink.form();
     let mut backoff = Backoff::new(settings.backoff_min, settings.backoff_max);
     let mut max_records = settings.batching.max_records;
     let mut batch: Option<Batch> = None;
@@ -160,7 +167,7 @@ pub async fn run<S: Sink>(
                     let _busy = settings.stage.busy();
                     blocking(&store, {
                         let name = name.clone();
-                        move |s| s.read(&name, max_records)
+                        move |s| s.read_as(&name, max_records, form)
                     })
                     .await
                 };

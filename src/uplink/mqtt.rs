@@ -69,6 +69,8 @@ pub struct MqttSink {
     connection: Option<Connection>,
 }
 
+/// Flattening a record needs it decoded: this sink takes the default
+/// [`RecordForm::Sample`].
 #[derive(Serialize)]
 struct Message<'a> {
     gateway: &'a str,
@@ -85,10 +87,11 @@ fn topic_level(text: &str) -> String {
 }
 
 pub fn topic_for(template: &str, gateway: &str, record: &Record) -> String {
+    let sample = record.sample();
     template
         .replace("{gateway}", &topic_level(gateway))
-        .replace("{source}", &topic_level(&record.sample.source))
-        .replace("{device}", &topic_level(&record.sample.device))
+        .replace("{source}", &topic_level(&sample.source))
+        .replace("{device}", &topic_level(&sample.device))
 }
 
 /// The reason, and whether it needs a person (a refused login, a certificate problem)
@@ -339,10 +342,7 @@ mod tests {
 
     #[test]
     fn topics_fill_their_placeholders_and_never_hold_wildcards() {
-        let record = Record {
-            seq: 1,
-            sample: Sample::new("line+1", "pump#7", 0),
-        };
+        let record = Record::new(1, Sample::new("line+1", "pump#7", 0));
         assert_eq!(
             topic_for(
                 "plants/{gateway}/{source}/{device}/telemetry",
@@ -351,10 +351,7 @@ mod tests {
             ),
             "plants/gw-1/line_1/pump_7/telemetry"
         );
-        let unnamed = Record {
-            seq: 1,
-            sample: Sample::new("s", "", 0),
-        };
+        let unnamed = Record::new(1, Sample::new("s", "", 0));
         assert_eq!(topic_for("t/{device}", "g", &unnamed), "t/_");
     }
 }
