@@ -12,6 +12,9 @@
 //!   (`TG_RTU_ONLY=1` runs only these; `TG_RTU_WARMUP` seconds before measuring, default
 //!   10: the dead unit's breaker has opened, its probes are still close together).
 //!
+//! `TG_WORKERS` and `TG_COMMIT_SPACING` set the daemon's `worker_threads` and
+//! `store.commit_spacing`; `TG_DAEMON_BIN` runs another build of it.
+//!
 //! Reports polls completed, how many started within ±10% of their slot, CPU and peak RSS
 //! of the daemon. The simulated devices run in this process, so their CPU is not counted.
 
@@ -62,6 +65,13 @@ fn start_with_file_uplink(dir: &std::path::Path, mut text: String) -> (Daemon, s
     (daemon, out)
 }
 
+/// `TG_COMMIT_SPACING`: the store's `commit_spacing` (default: tidegate's own default).
+fn commit_spacing() -> String {
+    std::env::var("TG_COMMIT_SPACING")
+        .map(|s| format!("commit_spacing = \"{s}\"\n"))
+        .unwrap_or_default()
+}
+
 /// `TG_WORKERS`: the daemon's `gateway.worker_threads` (default: tidegate's own default).
 fn workers() -> String {
     std::env::var("TG_WORKERS")
@@ -81,10 +91,11 @@ async fn run(devices: u64, dead_percent: u64, interval_ms: u64, seconds: u64) {
 
     let mut text = format!(
         "[gateway]\nid = \"bench\"\nstate_dir = \"{}\"\n{}[log]\nsummary_interval = \"10s\"\n\
-         [store]\ndurability = \"{}\"\n{}",
+         [store]\ndurability = \"{}\"\n{}{}",
         dir.path().join("state").display(),
         workers(),
         std::env::var("TG_DURABILITY").unwrap_or_else(|_| "fsync".into()),
+        commit_spacing(),
         meter_points()
     );
     for d in 0..devices {
