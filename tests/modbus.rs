@@ -336,6 +336,71 @@ async fn late_replies_on_tcp_are_never_attributed_to_the_next_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_with_too_few_registers_gives_no_values_and_polling_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut unit = Unit::default();
+    unit.set_holding(0, &[11, 12, 13, 14]);
+    unit.short_every = Some(3);
+    let devices = Devices::new(HashMap::from([(1, unit)]));
+    let stop = CancellationToken::new();
+    let address = serve_tcp(devices.clone(), stop.clone()).await;
+    let source = format!(
+        "[[sources.modbus_tcp]]\nname = \"plc\"\nhost = \"127.0.0.1\"\nport = {}\n\n\
+         [[sources.modbus_tcp.devices]]\nname = \"meter\"\npoll_interval = \"50ms\"\ntimeout = \"300ms\"\n\
+         points = [{{ name = \"a\", address = \"40001\" }}, {{ name = \"b\", address = \"40002\" }}, \
+                   {{ name = \"c\", address = \"40003\" }}, {{ name = \"d\", address = \"40004\" }}]\n",
+        address.port()
+    );
+    let mut daemon = Daemon::start(
+        &config(dir.path(), &source),
+        &dir.path().join("tidegate.log"),
+    );
+    wait_until(
+        "short answers and good ones",
+        Duration::from_secs(30),
+        || {
+            let records = records_of(dir.path(), "meter");
+            records
+                .iter()
+                .filter(|r| r.get("quality").is_some())
+                .count()
+                >= 3
+                && records
+                    .iter()
+                    .filter(|r| r.get("quality").is_none())
+                    .count()
+                    >= 6
+        },
+    )
+    .await;
+    assert_eq!(daemon.terminate(), Some(0));
+    let (mut good, mut refused) = (0, 0);
+    for r in records_of(dir.path(), "meter") {
+        if r.get("quality").is_none() {
+            // Every good sample holds the four registers, each in its own field.
+            assert_eq!(
+                r["fields"],
+                serde_json::json!({"a": 11, "b": 12, "c": 13, "d": 14})
+            );
+            good += 1;
+        } else {
+            // A short answer gives no values at all, and says why.
+            assert!(r["fields"].as_object().unwrap().is_empty(), "{r}");
+            let detail = r["quality"]["detail"].as_str().unwrap();
+            assert!(
+                detail.contains("answer of 3 registers to a read of 4"),
+                "{detail}"
+            );
+            refused += 1;
+        }
+    }
+    eprintln!("{good} good polls, {refused} short answers refused");
+    // Polling went on after each short answer: good polls outnumber them.
+    assert!(good >= 6 && refused >= 3, "{good} good, {refused} refused");
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_cuts_are_survived_without_leaking_descriptors() {
     let dir = tempfile::tempdir().unwrap();
     let mut unit = Unit::default();

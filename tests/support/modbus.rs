@@ -28,6 +28,8 @@ pub struct Unit {
     pub late_every: Option<(u32, Duration)>,
     /// Answers requests starting at (function code, address) with this exception.
     pub exceptions: HashMap<(u8, u16), ExceptionCode>,
+    /// Answers every `n`-th register read with one register fewer than asked for.
+    pub short_every: Option<u32>,
 }
 
 impl Unit {
@@ -148,12 +150,14 @@ impl Devices {
         let bits = |map: &HashMap<u16, bool>, a: u16, n: u16| {
             (a..a + n).map(|i| *map.get(&i).unwrap_or(&false)).collect()
         };
+        let short = matches!(unit.short_every, Some(every) if nth % every == 0);
+        let count = |n: u16| if short { n.saturating_sub(1) } else { n };
         let response = match request.request {
             Request::ReadHoldingRegisters(a, n) => {
-                Response::ReadHoldingRegisters(words(&unit.holding, a, n))
+                Response::ReadHoldingRegisters(words(&unit.holding, a, count(n)))
             }
             Request::ReadInputRegisters(a, n) => {
-                Response::ReadInputRegisters(words(&unit.input, a, n))
+                Response::ReadInputRegisters(words(&unit.input, a, count(n)))
             }
             Request::ReadCoils(a, n) => Response::ReadCoils(bits(&unit.coils, a, n)),
             Request::ReadDiscreteInputs(a, n) => {
