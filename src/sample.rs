@@ -227,6 +227,28 @@ impl Record {
         }
     }
 
+    /// Appends the record's JSON, `{"seq":N,…}`, to `out`. A record kept as stored JSON
+    /// is spliced, not parsed: the store wrote it from a [`Sample`], and it is never empty
+    /// (source, device and ts are always there).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        match &self.body {
+            Body::Sample(sample) => serde_json::to_writer(
+                &mut *out,
+                &FlatRef {
+                    seq: self.seq,
+                    sample,
+                },
+            )
+            .expect("a sample always serialises to JSON"),
+            Body::Json(json) => {
+                use std::io::Write as _;
+                let rest = json.strip_prefix('{').unwrap_or(json);
+                let _ = write!(out, "{{\"seq\":{},", self.seq);
+                out.extend_from_slice(rest.as_bytes());
+            }
+        }
+    }
+
     pub fn into_sample(self) -> Sample {
         match self.body {
             Body::Sample(sample) => sample,
@@ -249,12 +271,13 @@ impl Serialize for Record {
                 sample,
             }
             .serialize(serializer),
-            Body::Json(json) => {
-                // `{"source":…}` becomes `{"seq":N,"source":…}`: the stored object is
-                // never empty (source, device and ts are always there).
-                let rest = json.strip_prefix('{').unwrap_or(json);
-                let spliced = format!("{{\"seq\":{},{rest}", self.seq);
-                serde_json::value::RawValue::from_string(spliced)
+            // Inside another document (a dead letter): the uplinks' own bodies use
+            // `write_json`, which spares the check `RawValue` makes.
+            Body::Json(_) => {
+                let mut json = Vec::new();
+                self.write_json(&mut json);
+                let json = String::from_utf8(json).map_err(serde::ser::Error::custom)?;
+                serde_json::value::RawValue::from_string(json)
                     .map_err(serde::ser::Error::custom)?
                     .serialize(serializer)
             }
@@ -320,6 +343,17 @@ mod tests {
         let kept = Record::from_json(42, stored.into_boxed_str());
         assert_eq!(
             serde_json::to_string(&kept).unwrap(),
+            serde_json::to_string(&decoded).unwrap()
+        );
+        let (mut spliced, mut encoded) = (Vec::new(), Vec::new());
+        kept.write_json(&mut spliced);
+        decoded.write_json(&mut encoded);
+        assert_eq!(
+            String::from_utf8(spliced).unwrap(),
+            serde_json::to_string(&decoded).unwrap()
+        );
+        assert_eq!(
+            String::from_utf8(encoded).unwrap(),
             serde_json::to_string(&decoded).unwrap()
         );
         assert_eq!(kept, decoded);

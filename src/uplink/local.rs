@@ -26,7 +26,7 @@ impl Sink for FileSink {
     async fn send(&mut self, records: &[Record]) -> Delivery {
         let mut buf = Vec::with_capacity(records.len() * 200);
         for record in records {
-            serde_json::to_writer(&mut buf, record).expect("records serialise to JSON");
+            record.write_json(&mut buf);
             buf.push(b'\n');
         }
         let path = self.path.clone();
@@ -108,21 +108,16 @@ impl Sink for StdoutSink {
     }
 
     async fn send(&mut self, records: &[Record]) -> Delivery {
-        let mut out = String::with_capacity(records.len() * 160);
+        let mut out = Vec::with_capacity(records.len() * 160);
         for record in records {
             match self.format {
-                StdoutFormat::Json => {
-                    out.push_str(&serde_json::to_string(record).expect("records serialise to JSON"))
-                }
-                StdoutFormat::Text => out.push_str(&text_line(record)),
+                StdoutFormat::Json => record.write_json(&mut out),
+                StdoutFormat::Text => out.extend_from_slice(text_line(record).as_bytes()),
             }
-            out.push('\n');
+            out.push(b'\n');
         }
         let mut stdout = std::io::stdout().lock();
-        match stdout
-            .write_all(out.as_bytes())
-            .and_then(|()| stdout.flush())
-        {
+        match stdout.write_all(&out).and_then(|()| stdout.flush()) {
             Ok(()) => Delivery::Delivered,
             // A closed pipe (`tidegate demo | head`) will not come back: stop holding data for it.
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Delivery::Rejected {
