@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use tidegate::config::{self, FullPolicy, SystemEnvironment};
 use tidegate::pipeline::{contract::Overrides, model};
-use tidegate::sample::{Record, Sample, Value};
+use tidegate::sample::{Record, RecordForm, Sample, Value};
 use tidegate::sources::modbus::decode::{ByteOrder, DataType, Decoding, decode_registers};
 use tidegate::sources::mqtt::decode;
 use tidegate::store::{Lane, LogStore, Store, StoreOptions, frame};
@@ -157,6 +157,22 @@ fn store(c: &mut Criterion) {
     g.throughput(Throughput::Elements(500));
     g.bench_function("read 500 (decode included)", |b| {
         b.iter(|| store.read("cloud", 500).unwrap().unwrap())
+    });
+    // What the HTTP uplink does: records as stored, spliced into the batch body.
+    g.bench_function("read 500 as stored JSON", |b| {
+        b.iter(|| {
+            store
+                .read_as("cloud", 500, RecordForm::Json)
+                .unwrap()
+                .unwrap()
+        })
+    });
+    let stored = store
+        .read_as("cloud", 500, RecordForm::Json)
+        .unwrap()
+        .unwrap();
+    g.bench_function("batch of 500 as stored: JSON + gzip", |b| {
+        b.iter(|| body::encode("gw", black_box(&stored.records), true))
     });
     g.finish();
 }
