@@ -330,3 +330,81 @@ fn the_demo_runs_and_prints_records() {
         "{ndjson}"
     );
 }
+
+/// A broker sends a client no more than its window of unacknowledged QoS 1 messages, so a
+/// message that fills the source's window (`inflight`) is committed, and acknowledged, at
+/// once rather than after `commit_spacing`. Here commits are a second apart and the
+/// devices send in rounds of 20, each round only once the last has arrived: waiting out
+/// the spacing, the 20 rounds would take 20 s or more; committed at once, about two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_window_is_committed_without_waiting_out_the_commit_spacing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mqtt = Mosquitto::start_with_inflight(20);
+    let backend = Backend::start(Box::new(|_| 200)).await;
+    let config = write_test_config(
+        dir.path(),
+        &format!(
+            r#"
+[store]
+commit_spacing = "1s"
+
+[[sources.mqtt]]
+name = "local"
+port = {port}
+client_id = "tidegate-window-{port}"
+inflight = 20
+
+[[sources.mqtt.subscriptions]]
+filter = "plant/+/+/telemetry"
+topic_template = "plant/{{line}}/{{device}}/telemetry"
+
+[[uplinks.http]]
+name = "cloud"
+url = "{url}"
+linger = "20ms"
+"#,
+            port = mqtt.port,
+            url = backend.url
+        ),
+    );
+    let mut daemon = Daemon::start(&config, &dir.path().join("tidegate.log"));
+    wait_until("the daemon to subscribe", Duration::from_secs(20), || {
+        daemon
+            .log_text()
+            .contains("subscribed to plant/+/+/telemetry")
+    })
+    .await;
+
+    let publisher = Publisher::connect(mqtt.port, "device-sim").await;
+    let (rounds, per_round) = (20, 20);
+    let started = std::time::Instant::now();
+    for round in 0..rounds {
+        for i in 0..per_round {
+            let n = round * per_round + i;
+            publisher
+                .publish("plant/line-a/pump-1/telemetry", telemetry(n, "pump-1"))
+                .await;
+        }
+        wait_until("the round at the backend", Duration::from_secs(30), || {
+            backend.delivered_count() == (round + 1) * per_round
+        })
+        .await;
+    }
+    let took = started.elapsed();
+    eprintln!("{rounds} rounds of {per_round} took {took:?}");
+    assert!(
+        took < Duration::from_secs(15),
+        "each round committed when its window filled, not a second later: took {took:?}"
+    );
+    let ns: Vec<u64> = backend
+        .delivered()
+        .iter()
+        .map(|r| r["fields"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        ns,
+        (0..(rounds * per_round) as u64).collect::<Vec<_>>(),
+        "each once, in order"
+    );
+    assert_eq!(daemon.terminate(), Some(0), "SIGTERM exits 0");
+}

@@ -120,12 +120,16 @@ pub async fn run(
             .iter()
             .any(|b| b.model.is_some())
             .then(|| tokio::time::Instant::now() + GATHER);
+        let mut commit_now = items[0].commit_now;
         while count < MAX_BATCH_SAMPLES {
             let item = match rx.try_recv() {
                 Ok(item) => item,
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
                 Err(mpsc::error::TryRecvError::Empty) => {
-                    let Some(until) = gather_until.filter(|_| count < INLINE_WINDOWS) else {
+                    // A sender waiting on this commit sends nothing more meanwhile.
+                    let Some(until) =
+                        gather_until.filter(|_| count < INLINE_WINDOWS && !commit_now)
+                    else {
                         break;
                     };
                     match tokio::time::timeout_at(until, rx.recv()).await {
@@ -135,6 +139,7 @@ pub async fn run(
                 }
             };
             count += item.samples.len();
+            commit_now |= item.commit_now;
             items.push(item);
         }
 

@@ -25,6 +25,10 @@ pub type OnCommit = Box<dyn FnOnce() + Send>;
 pub struct Ingest {
     pub samples: Vec<Sample>,
     pub on_commit: Option<OnCommit>,
+    /// The sender can take nothing more until this is committed (an MQTT source whose
+    /// in-flight window it fills): the pipeline does not gather for it, and the writer
+    /// commits it without waiting out `commit_spacing`.
+    pub commit_now: bool,
 }
 
 impl Ingest {
@@ -32,6 +36,7 @@ impl Ingest {
         Ingest {
             samples,
             on_commit: None,
+            commit_now: false,
         }
     }
 }
@@ -132,17 +137,20 @@ pub async fn run(
         // devices this turns a flush per sample into one per few milliseconds; after a
         // quiet spell the first sample commits at once.
         let earliest = last_commit + settings.commit_spacing;
+        let mut commit_now = pending.iter().any(|i| i.commit_now);
         loop {
             while count < settings.commit_batch {
                 match rx.try_recv() {
                     Ok(item) => {
                         count += item.samples.len();
+                        commit_now |= item.commit_now;
                         pending.push(item);
                     }
                     Err(_) => break,
                 }
             }
-            if count >= settings.commit_batch.min(SHARED_ENOUGH)
+            if commit_now
+                || count >= settings.commit_batch.min(SHARED_ENOUGH)
                 || tokio::time::Instant::now() >= earliest
             {
                 break;
@@ -151,6 +159,7 @@ pub async fn run(
                 item = rx.recv() => match item {
                     Some(item) => {
                         count += item.samples.len();
+                        commit_now |= item.commit_now;
                         pending.push(item);
                     }
                     None => break,
@@ -353,4 +362,101 @@ async fn flush(store: &Arc<dyn Store>) -> Result<(), StoreError> {
         log::error!("store flush failed: {e}");
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::{mpsc, oneshot, watch};
+
+    use super::*;
+    use crate::config::FullPolicy;
+    use crate::ops::health::Health;
+    use crate::store::{LogStore, StoreOptions};
+
+    fn ingest(n: i64, commit_now: bool) -> (Ingest, oneshot::Receiver<()>) {
+        let (done_tx, done_rx) = oneshot::channel();
+        let mut sample = Sample::new("test", "pump-1", 1_790_000_000_000 + n);
+        sample.fields.insert("n".into(), Value::Int(n));
+        let ingest = Ingest {
+            samples: vec![sample],
+            on_commit: Some(Box::new(move || {
+                let _ = done_tx.send(());
+            })),
+            commit_now,
+        };
+        (ingest, done_rx)
+    }
+
+    /// Commits an hour apart: only a sender waiting on its commit gets one sooner.
+    #[tokio::test]
+    async fn a_commit_now_ingest_does_not_wait_out_the_commit_spacing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            LogStore::open(
+                dir.path(),
+                &["cloud".to_string()],
+                StoreOptions::new(64 << 20, FullPolicy::DropOldest),
+            )
+            .unwrap(),
+        );
+        let settings = WriterSettings {
+            stage: Health::from_env().stage("store", Duration::from_secs(10)),
+            durability: Durability::Fsync,
+            flush_interval: Duration::from_secs(1),
+            commit_batch: 2048,
+            commit_spacing: Duration::from_secs(3600),
+            priority: PriorityRules::default(),
+        };
+        let (tx, rx) = mpsc::channel(16);
+        let (committed_tx, _committed_rx) = watch::channel(Committed::default());
+        let writer = tokio::spawn(run(
+            store.clone(),
+            rx,
+            settings,
+            committed_tx,
+            Arc::new(Stats::default()),
+        ));
+
+        // After a quiet spell the first commit is at once.
+        let (first, first_done) = ingest(0, false);
+        tx.send(first).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), first_done)
+            .await
+            .expect("the first ingest commits at once")
+            .unwrap();
+
+        // The next one waits for the spacing: an hour.
+        let (waiting, mut waiting_done) = ingest(1, false);
+        tx.send(waiting).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            waiting_done.try_recv().is_err(),
+            "an ordinary ingest waits out the commit spacing"
+        );
+
+        // One that fills its sender's window is committed at once, with what waits.
+        let (urgent, urgent_done) = ingest(2, true);
+        tx.send(urgent).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), urgent_done)
+            .await
+            .expect("a commit-now ingest commits without waiting an hour")
+            .unwrap();
+        waiting_done
+            .try_recv()
+            .expect("what waited is committed with it, in order");
+        assert_eq!(
+            store.committed().seq,
+            3,
+            "three records committed, seq 1 to 3"
+        );
+
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(10), writer)
+            .await
+            .unwrap()
+            .unwrap();
+    }
 }

@@ -135,6 +135,11 @@ impl MqttSource {
         let mut error_log = RateLimit::new(Duration::from_secs(30));
         let mut waiting: std::collections::VecDeque<Ingest> = std::collections::VecDeque::new();
         let mut held_back = false;
+        // QoS 1 messages passed on and not yet acknowledged. The broker sends no more
+        // than its window of them (`inflight` says how many) until a commit acknowledges
+        // some: the message that fills the window is committed at once, not after
+        // `commit_spacing`.
+        let mut unacked: usize = 0;
 
         loop {
             // Only while connected: taking this branch drops the pending `poll`, which
@@ -143,7 +148,10 @@ impl MqttSource {
             let event = tokio::select! {
                 biased;
                 Some(first) = ack_rx.recv(), if can_ack => {
-                    write_acks(&mut eventloop, first, &mut ack_rx, write_deadline, &name).await;
+                    let taken =
+                        write_acks(&mut eventloop, first, &mut ack_rx, write_deadline, &name)
+                            .await;
+                    unacked = unacked.saturating_sub(taken);
                     continue;
                 }
                 permit = tx.reserve(), if !waiting.is_empty() => {
@@ -180,6 +188,8 @@ impl MqttSource {
                         }
                     );
                     connected = true;
+                    // The window of a new connection starts empty.
+                    unacked = 0;
                     failures_while_down = 0;
                     backoff.reset();
                     // Subscribing through the request channel from this task could wait on
@@ -212,7 +222,15 @@ impl MqttSource {
                         Stats::add(&stats.dropped_qos0, 1);
                         continue;
                     }
-                    let ingest = handle_publish(&config, publish, &ack_tx, &stats, &mut error_log);
+                    let acknowledged = publish.qos != QoS::AtMostOnce;
+                    let mut ingest =
+                        handle_publish(&config, publish, &ack_tx, &stats, &mut error_log);
+                    if acknowledged {
+                        unacked += 1;
+                        // Only the message that fills it: a broker that lets more through
+                        // would otherwise make every further message a commit of its own.
+                        ingest.commit_now = unacked == usize::from(config.inflight);
+                    }
                     if waiting.is_empty() {
                         match tx.try_send(ingest) {
                             Ok(()) => continue,
@@ -284,7 +302,7 @@ impl MqttSource {
                     token = ack_rx.recv(), if can_ack => match token {
                         Some(first) => {
                             write_acks(&mut eventloop, first, &mut ack_rx, write_deadline, &name)
-                                .await
+                                .await;
                         }
                         None => break,
                     },
@@ -362,40 +380,45 @@ fn handle_publish(
     };
     // Even a skipped message goes through the writer: its PUBACK must keep its place in
     // the receive order.
-    Ingest { samples, on_commit }
+    Ingest {
+        samples,
+        on_commit,
+        commit_now: false,
+    }
 }
 
 /// Writes `first` and every PUBACK already waiting behind it (up to
 /// [`MAX_ACKS_PER_WRITE`]), in commit order, then flushes once. A write that fails or
 /// does not finish in time drops the connection: the next `poll` connects again and the
-/// broker delivers what was left unacknowledged (the session is persistent).
+/// broker delivers what was left unacknowledged (the session is persistent). Returns how
+/// many acknowledgements it took from the channel, `first` included.
 async fn write_acks(
     eventloop: &mut EventLoop,
     first: AckToken,
     rx: &mut mpsc::UnboundedReceiver<AckToken>,
     deadline: Duration,
     name: &str,
-) {
+) -> usize {
+    let mut taken = 1;
     let Some(network) = eventloop.network.as_mut() else {
-        return;
+        return taken;
     };
     let mut next = Some(first);
-    let mut written = 0;
     let result = tokio::time::timeout(deadline, async {
         while let Some(token) = next.take() {
             network
                 .write(Packet::PubAck(PubAck::new(token.pkid)))
                 .await?;
-            written += 1;
-            if written < MAX_ACKS_PER_WRITE {
+            if taken < MAX_ACKS_PER_WRITE {
                 next = rx.try_recv().ok();
+                taken += usize::from(next.is_some());
             }
         }
         network.flush().await
     })
     .await;
     let failure = match result {
-        Ok(Ok(())) => return,
+        Ok(Ok(())) => return taken,
         Ok(Err(e)) => e.to_string(),
         Err(_) => format!("no progress in {deadline:?}"),
     };
@@ -404,6 +427,7 @@ async fn write_acks(
          will deliver the unacknowledged messages again"
     );
     eventloop.clean();
+    taken
 }
 
 /// MQTT topic filter matching (`+` one level, `#` the rest).
