@@ -114,7 +114,8 @@ pub struct RawStore {
     #[serde(default = "default_commit_batch")]
     pub commit_batch: usize,
     /// Shortest time between two commits: what arrives meanwhile shares the next flush.
-    /// Default 10ms, between 0 and 1s.
+    /// An MQTT source whose window is full is committed at once. Default 25ms, between 0
+    /// and 1s.
     #[serde(default = "default_commit_spacing")]
     pub commit_spacing: HumanDuration,
     /// Drop records not delivered within this much running time of the gateway
@@ -194,7 +195,7 @@ fn default_commit_batch() -> usize {
 }
 
 fn default_commit_spacing() -> HumanDuration {
-    HumanDuration(std::time::Duration::from_millis(10))
+    HumanDuration(std::time::Duration::from_millis(25))
 }
 
 /// TLS settings shared by the MQTT source and the HTTP uplink. Server certificates are
@@ -242,7 +243,9 @@ pub struct RawMqttSource {
     pub reconnect_min: HumanDuration,
     #[serde(default = "default_reconnect_max")]
     pub reconnect_max: HumanDuration,
-    /// Most QoS 1 messages held between receipt and commit. Default 100, 1..=65535.
+    /// The broker's window: most QoS 1 messages it sends this client unacknowledged
+    /// (mosquitto's `max_inflight_messages`). When that many wait on a commit, tidegate
+    /// commits at once. Default 20 (mosquitto's default), 1..=65535.
     #[serde(default = "default_inflight")]
     pub inflight: u16,
     pub subscriptions: Vec<RawSubscription>,
@@ -267,7 +270,7 @@ fn default_reconnect_max() -> HumanDuration {
     secs(30)
 }
 fn default_inflight() -> u16 {
-    100
+    20
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]

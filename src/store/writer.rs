@@ -43,7 +43,7 @@ impl Ingest {
 
 /// Pending samples past which a commit no longer waits out `commit_spacing`: the flush
 /// is shared well enough, and waiting longer would only hold MQTT acknowledgements back
-/// while the broker's in-flight window fills (at 40,000 msg/s a 10 ms wait is 400).
+/// while the broker's in-flight window fills (at 40,000 msg/s a 25 ms wait is 1,000).
 const SHARED_ENOUGH: usize = 256;
 
 /// How often the store's watermark is brought up to date while records arrive.
