@@ -123,6 +123,13 @@ async fn run(devices: u64, dead_percent: u64, interval_ms: u64, seconds: u64) {
     assert_eq!(daemon.terminate(), Some(0));
 
     let records = read_ndjson(&out);
+    // The file uplink delivers at least once: a record written twice shows here, by its
+    // sequence number.
+    let mut seqs: Vec<u64> = records.iter().filter_map(|r| r["seq"].as_u64()).collect();
+    seqs.sort_unstable();
+    let written = seqs.len();
+    seqs.dedup();
+    let duplicates = written - seqs.len();
     let mut by_device: BTreeMap<String, Vec<(i64, bool)>> = BTreeMap::new();
     for r in &records {
         let ts = r["ts"].as_i64().unwrap();
@@ -166,7 +173,7 @@ async fn run(devices: u64, dead_percent: u64, interval_ms: u64, seconds: u64) {
         std::env::var("TG_DURABILITY").unwrap_or_else(|_| "fsync".into())
     );
     println!(
-        "  healthy polls completed {completed} of {expected:.0} expected ({:.2}%)",
+        "  healthy polls completed {completed} of {expected:.0} expected ({:.2}%); {duplicates} records written twice",
         100.0 * completed as f64 / expected
     );
     println!(
