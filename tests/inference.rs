@@ -370,3 +370,158 @@ async fn sighup_puts_a_new_model_in_place_only_when_it_is_valid() {
         "{log}"
     );
 }
+
+/// An ONNX model, written here, that loads and runs but scores every window +∞: the sum of
+/// the window divided by zero. Input `x` [N, 4, 2], output `score` [N].
+fn write_infinite_score_model(path: &Path) {
+    use prost::Message;
+    use tract_onnx::pb;
+    use tract_onnx::pb::tensor_shape_proto::{Dimension, dimension};
+
+    let dims = |dims: &[dimension::Value]| {
+        Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: 1, // FLOAT
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|d| Dimension {
+                            value: Some(d.clone()),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        })
+    };
+    let batch = dimension::Value::DimParam("N".into());
+    let node = |op: &str, inputs: &[&str], output: &str, attribute| pb::NodeProto {
+        op_type: op.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        attribute,
+        ..Default::default()
+    };
+    let graph = pb::GraphProto {
+        name: "infinite".into(),
+        input: vec![pb::ValueInfoProto {
+            name: "x".into(),
+            r#type: dims(&[
+                batch.clone(),
+                dimension::Value::DimValue(4),
+                dimension::Value::DimValue(2),
+            ]),
+            ..Default::default()
+        }],
+        output: vec![pb::ValueInfoProto {
+            name: "score".into(),
+            r#type: dims(&[batch]),
+            ..Default::default()
+        }],
+        initializer: vec![pb::TensorProto {
+            name: "zero".into(),
+            data_type: 1,
+            float_data: vec![0.0],
+            ..Default::default()
+        }],
+        node: vec![
+            node(
+                "ReduceSum",
+                &["x"],
+                "sum",
+                vec![
+                    pb::AttributeProto {
+                        name: "axes".into(),
+                        r#type: 7, // INTS
+                        ints: vec![1, 2],
+                        ..Default::default()
+                    },
+                    pb::AttributeProto {
+                        name: "keepdims".into(),
+                        r#type: 2, // INT
+                        i: 0,
+                        ..Default::default()
+                    },
+                ],
+            ),
+            node("Div", &["sum", "zero"], "score", vec![]),
+        ],
+        ..Default::default()
+    };
+    let model = pb::ModelProto {
+        ir_version: 7,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: 11,
+        }],
+        producer_name: "tidegate tests".into(),
+        graph: Some(graph),
+        ..Default::default()
+    };
+    std::fs::write(path, model.encode_to_vec()).unwrap();
+}
+
+/// A model that loads but scores nonsense at run time is switched off with an ERROR, and
+/// the samples keep flowing, unscored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_scoring_non_finite_values_is_switched_off_and_the_data_keeps_flowing() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("infinite.onnx");
+    write_infinite_score_model(&model);
+    let config = sim_config(dir.path(), &model.display().to_string());
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "devices = [\"pump-*\"]",
+        "devices = [\"pump-*\"]\nwindow = 4\nchannels = [\"flow_m3h\", \"pressure_bar\"]\n\
+         mean = [0.0, 0.0]\nstd = [1.0, 1.0]\nthreshold = 1.0\nscore = \"output:score\"",
+    );
+    std::fs::write(&config, text).unwrap();
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "the model loads and fits: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    let mut daemon = Daemon::start(&config, &dir.path().join("tidegate.log"));
+    daemon
+        .wait_log("the model switched off", Duration::from_secs(20), |t| {
+            t.contains("ERROR model pumps:")
+        })
+        .await;
+    let out = dir.path().join("records.ndjson");
+    let at_switch_off = support::modbus::read_ndjson(&out).len();
+    wait_until(
+        "records after the switch-off",
+        Duration::from_secs(20),
+        || support::modbus::read_ndjson(&out).len() >= at_switch_off + 40,
+    )
+    .await;
+    assert_eq!(daemon.terminate(), Some(0));
+    let log = daemon.log_text();
+    let error = log
+        .lines()
+        .find(|l| l.contains("ERROR model pumps:"))
+        .unwrap();
+    eprintln!("{error}");
+    assert!(
+        error.contains("the model returned a score that is not a finite number")
+            && error.contains("scoring switched off for this binding, raw data keeps flowing"),
+        "{error}"
+    );
+    assert_eq!(
+        log.matches("ERROR model pumps:").count(),
+        1,
+        "switched off once, not failing on every sample"
+    );
+    let records = support::modbus::read_ndjson(&out);
+    assert!(
+        records.iter().all(|r| r.get("anomaly").is_none()),
+        "no sample carries the nonsense score"
+    );
+}
