@@ -390,6 +390,13 @@ mod tests {
         (ingest, done_rx)
     }
 
+    async fn committed(done: oneshot::Receiver<()>, what: &str) {
+        tokio::time::timeout(Duration::from_secs(10), done)
+            .await
+            .unwrap_or_else(|_| panic!("{what}"))
+            .unwrap();
+    }
+
     /// Commits an hour apart: only a sender waiting on its commit gets one sooner.
     #[tokio::test]
     async fn a_commit_now_ingest_does_not_wait_out_the_commit_spacing() {
@@ -423,10 +430,7 @@ mod tests {
         // After a quiet spell the first commit is at once.
         let (first, first_done) = ingest(0, false);
         tx.send(first).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(10), first_done)
-            .await
-            .expect("the first ingest commits at once")
-            .unwrap();
+        committed(first_done, "the first ingest commits at once").await;
 
         // The next one waits for the spacing: an hour.
         let (waiting, mut waiting_done) = ingest(1, false);
@@ -440,10 +444,11 @@ mod tests {
         // One that fills its sender's window is committed at once, with what waits.
         let (urgent, urgent_done) = ingest(2, true);
         tx.send(urgent).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(10), urgent_done)
-            .await
-            .expect("a commit-now ingest commits without waiting an hour")
-            .unwrap();
+        committed(
+            urgent_done,
+            "a commit-now ingest commits without waiting an hour",
+        )
+        .await;
         waiting_done
             .try_recv()
             .expect("what waited is committed with it, in order");
