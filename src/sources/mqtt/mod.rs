@@ -222,10 +222,10 @@ impl MqttSource {
                         Stats::add(&stats.dropped_qos0, 1);
                         continue;
                     }
-                    let acknowledged = publish.qos != QoS::AtMostOnce;
                     let mut ingest =
                         handle_publish(&config, publish, &ack_tx, &stats, &mut error_log);
-                    if acknowledged {
+                    // QoS 1: acknowledged once committed.
+                    if ingest.on_commit.is_some() {
                         unacked += 1;
                         // Only the message that fills it: a broker that lets more through
                         // would otherwise make every further message a commit of its own.
