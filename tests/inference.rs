@@ -90,6 +90,24 @@ linger = "100ms"
     )
 }
 
+/// Adds `keys` to the `[[models]]` binding of a config written by `sim_config`.
+fn add_binding_keys(config: &Path, keys: &str) {
+    let text = std::fs::read_to_string(config).unwrap().replace(
+        "devices = [\"pump-*\"]",
+        &format!("devices = [\"pump-*\"]\n{keys}"),
+    );
+    std::fs::write(config, text).unwrap();
+}
+
+/// `tidegate check -c config`.
+fn check(config: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["check", "-c"])
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn check_names_both_shapes_when_the_model_does_not_fit_the_binding() {
     let dir = tempfile::tempdir().unwrap();
@@ -97,17 +115,12 @@ fn check_names_both_shapes_when_the_model_does_not_fit_the_binding() {
         dir.path(),
         &root().join("models/pump-demo.onnx").display().to_string(),
     );
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "devices = [\"pump-*\"]",
-        "devices = [\"pump-*\"]\nwindow = 12\nchannels = [\"flow_m3h\", \"pressure_bar\", \"temperature_c\", \"vibration_mm_s\"]\n\
+    add_binding_keys(
+        &config,
+        "window = 12\nchannels = [\"flow_m3h\", \"pressure_bar\", \"temperature_c\", \"vibration_mm_s\"]\n\
          mean = [30.0, 5.0, 50.0, 2.0]\nstd = [3.0, 0.1, 2.0, 0.2]",
     );
-    std::fs::write(&config, text).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
-        .args(["check", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = check(&config);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stderr}");
     assert_eq!(out.status.code(), Some(78));
@@ -130,12 +143,11 @@ async fn a_broken_model_is_reported_and_the_data_keeps_flowing() {
             std::fs::write(&model, bytes).unwrap();
         }
         let config = sim_config(dir.path(), &model.display().to_string());
-        let check = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
-            .args(["check", "-c"])
-            .arg(&config)
-            .output()
-            .unwrap();
-        assert_eq!(check.status.code(), Some(78), "{label}: check fails");
+        assert_eq!(
+            check(&config).status.code(),
+            Some(78),
+            "{label}: check fails"
+        );
         let mut daemon = Daemon::start(&config, &dir.path().join("tidegate.log"));
         let out = dir.path().join("records.ndjson");
         wait_until("records without scores", Duration::from_secs(20), || {
@@ -470,17 +482,12 @@ async fn a_model_scoring_non_finite_values_is_switched_off_and_the_data_keeps_fl
     let model = dir.path().join("infinite.onnx");
     write_infinite_score_model(&model);
     let config = sim_config(dir.path(), &model.display().to_string());
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "devices = [\"pump-*\"]",
-        "devices = [\"pump-*\"]\nwindow = 4\nchannels = [\"flow_m3h\", \"pressure_bar\"]\n\
+    add_binding_keys(
+        &config,
+        "window = 4\nchannels = [\"flow_m3h\", \"pressure_bar\"]\n\
          mean = [0.0, 0.0]\nstd = [1.0, 1.0]\nthreshold = 1.0\nscore = \"output:score\"",
     );
-    std::fs::write(&config, text).unwrap();
-    let check = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
-        .args(["check", "-c"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let check = check(&config);
     assert_eq!(
         check.status.code(),
         Some(0),
