@@ -8,7 +8,9 @@
 //! - `TG_RATE` messages/s (default 2000), `TG_SECONDS` (20), `TG_DEVICES` (1000),
 //!   `TG_QOS` 0 or 1 (1), `TG_MODEL` 0 or 1 (1), `TG_WORKERS` (the daemon's
 //!   `gateway.worker_threads`, default one per core), `TG_COMMIT_SPACING` (the daemon's
-//!   `store.commit_spacing`, default its own);
+//!   `store.commit_spacing`, default its own), `TG_TICK_MS` (10: the publishers send a
+//!   tick's worth at once every 10 ms; 1 spreads the messages out as independent devices
+//!   would), `TG_MODEL_FILE` (another ONNX model for the same pumps);
 //! - `TG_FIND_MAX=1`: raises the rate until a run delivers less than 99.9% or its p99 is
 //!   2 s or more, and reports the highest rate that passed.
 
@@ -33,6 +35,8 @@ fn env_or(name: &str, default: usize) -> usize {
 #[derive(Clone, Copy)]
 struct Load {
     rate: usize,
+    /// Publishers send a tick's worth of messages at once, every this many ms.
+    tick_ms: usize,
     seconds: usize,
     devices: usize,
     qos: u8,
@@ -52,7 +56,9 @@ struct Outcome {
 }
 
 fn config(dir: &Path, port: u16, url: &str, load: Load) -> PathBuf {
-    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/pump-demo.onnx");
+    let model = std::env::var_os("TG_MODEL_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/pump-demo.onnx"));
     let models = if load.model {
         format!(
             "\n[[models]]\nname = \"pumps\"\npath = \"{}\"\ndevices = [\"pump-*\"]\n",
@@ -123,7 +129,7 @@ fn payload(n: usize, ts: i64, pump: &tidegate::sources::sim::Pump) -> String {
     )
 }
 
-/// Publishes `load.rate` messages a second for `load.seconds`, in 10 ms ticks, from two
+/// Publishes `load.rate` messages a second for `load.seconds`, in ticks of `load.tick_ms`, from two
 /// clients (one MQTT connection tops out below what the broker takes).
 async fn publish(port: u16, load: Load) -> (usize, f64) {
     let qos = if load.qos == 0 {
@@ -151,8 +157,8 @@ async fn publish(port: u16, load: Load) -> (usize, f64) {
                     }
                 }
             });
-            let per_tick = (load.rate / 100).max(1);
-            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let per_tick = (load.rate * load.tick_ms / 1000).max(1);
+            let mut tick = tokio::time::interval(Duration::from_millis(load.tick_ms as u64));
             // This client's half of the devices, stepped once per message each.
             let mut rng = fastrand::Rng::with_seed(client_no as u64 + 1);
             let mut pumps: Vec<tidegate::sources::sim::Pump> = (0..load.devices)
@@ -222,6 +228,16 @@ async fn run(load: Load) -> Outcome {
     }
     let (cpu_after, peak_rss_kib) = process_usage(pid);
     assert_eq!(daemon.terminate(), Some(0));
+    // The daemon's own count of model runs and windows: how well a pass shares a run.
+    if let Some(line) = daemon
+        .log_text()
+        .lines()
+        .rev()
+        .find(|l| l.contains("model runs"))
+    {
+        let from = line.find("scored").unwrap_or(0);
+        eprintln!("  daemon: {}", &line[from..]);
+    }
     let mut latencies = Vec::new();
     let mut seen = HashSet::new();
     let mut delivered = 0;
@@ -264,13 +280,18 @@ async fn run(load: Load) -> Outcome {
 
 fn report(load: Load, o: &Outcome) {
     println!(
-        "| {} msg/s asked, {:.0} achieved, × {} s, {} devices, QoS {}, model {} | {:.2}% ({} of {}) | {} | {} ms | {} ms | {:.3} | {:.1} MiB |",
+        "| {} msg/s asked, {:.0} achieved, × {} s, {} devices, QoS {}, model {}{} | {:.2}% ({} of {}) | {} | {} ms | {} ms | {:.3} | {:.1} MiB |",
         load.rate,
         o.achieved,
         load.seconds,
         load.devices,
         load.qos,
         if load.model { "on" } else { "off" },
+        if load.tick_ms == 10 {
+            String::new()
+        } else {
+            format!(", sent every {} ms", load.tick_ms)
+        },
         o.distinct as f64 / o.published.max(1) as f64 * 100.0,
         o.distinct,
         o.published,
@@ -288,6 +309,7 @@ async fn idle_and_startup() {
     let backend = Backend::start(Box::new(|_| 200)).await;
     let load = Load {
         rate: 0,
+        tick_ms: 10,
         seconds: 0,
         devices: 1,
         qos: 1,
@@ -336,6 +358,7 @@ async fn main() {
     }
     let load = Load {
         rate: env_or("TG_RATE", 2000),
+        tick_ms: env_or("TG_TICK_MS", 10).clamp(1, 1000),
         seconds: env_or("TG_SECONDS", 20),
         devices: env_or("TG_DEVICES", 1000).max(1),
         qos: env_or("TG_QOS", 1).min(1) as u8,

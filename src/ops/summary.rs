@@ -120,7 +120,8 @@ pub async fn line(stats: &Stats, store: &Arc<dyn Store>, rate: f64) -> String {
     let windows = Stats::get(&stats.inference_windows);
     if windows > 0 || Stats::get(&stats.inference_failures) > 0 {
         text.push_str(&format!(
-            "; scored {windows} windows, anomalies started {}, model failures {}",
+            "; scored {windows} windows in {} model runs, anomalies started {}, model failures {}",
+            Stats::get(&stats.inference_batches),
             Stats::get(&stats.anomaly_events),
             Stats::get(&stats.inference_failures)
         ));
