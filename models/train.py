@@ -108,8 +108,9 @@ def export(det, columns, window, threshold, name, version, out):
     #   Q / q_scale   = Σ r² / (d q_scale)        = ‖x (I - P Pᵀ) a‖²,  a = 1/√(d q_scale)
     #   T² / t2_scale = Σ t² / (λ k t2_scale)     = ‖x P diag(b)‖²,     b = 1/√(λ k t2_scale)
     # so score = ‖x M‖² with M = [(I - P Pᵀ) a | P diag(b)], d × (d + k). Besides the
-    # Reshape, three operators instead of nine: a gateway pays each operator's fixed cost on every run, which at a
-    # few windows per run is most of the time a run takes. M is built in float64.
+    # Reshape, three operators instead of nine: a gateway pays each operator's fixed cost
+    # on every run, which at a few windows per run is most of the time a run takes. M is
+    # built in float64.
     comps = det.components.astype(np.float64)
     a = 1.0 / np.sqrt(d * det.q_scale)
     b = 1.0 / np.sqrt(det.eigenvalues * k * det.t2_scale)
