@@ -32,6 +32,9 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// Publishers send every 10 ms unless `TG_TICK_MS` says otherwise.
+const DEFAULT_TICK_MS: usize = 10;
+
 #[derive(Clone, Copy)]
 struct Load {
     rate: usize,
@@ -129,8 +132,9 @@ fn payload(n: usize, ts: i64, pump: &tidegate::sources::sim::Pump) -> String {
     )
 }
 
-/// Publishes `load.rate` messages a second for `load.seconds`, in ticks of `load.tick_ms`, from two
-/// clients (one MQTT connection tops out below what the broker takes).
+/// Publishes `load.rate` messages a second for `load.seconds`, a tick's worth every
+/// `load.tick_ms`, from two clients (one MQTT connection tops out below what the broker
+/// takes).
 async fn publish(port: u16, load: Load) -> (usize, f64) {
     let qos = if load.qos == 0 {
         rumqttc::QoS::AtMostOnce
@@ -287,7 +291,7 @@ fn report(load: Load, o: &Outcome) {
         load.devices,
         load.qos,
         if load.model { "on" } else { "off" },
-        if load.tick_ms == 10 {
+        if load.tick_ms == DEFAULT_TICK_MS {
             String::new()
         } else {
             format!(", sent every {} ms", load.tick_ms)
@@ -309,7 +313,7 @@ async fn idle_and_startup() {
     let backend = Backend::start(Box::new(|_| 200)).await;
     let load = Load {
         rate: 0,
-        tick_ms: 10,
+        tick_ms: DEFAULT_TICK_MS,
         seconds: 0,
         devices: 1,
         qos: 1,
@@ -358,7 +362,7 @@ async fn main() {
     }
     let load = Load {
         rate: env_or("TG_RATE", 2000),
-        tick_ms: env_or("TG_TICK_MS", 10).clamp(1, 1000),
+        tick_ms: env_or("TG_TICK_MS", DEFAULT_TICK_MS).clamp(1, 1000),
         seconds: env_or("TG_SECONDS", 20),
         devices: env_or("TG_DEVICES", 1000).max(1),
         qos: env_or("TG_QOS", 1).min(1) as u8,
