@@ -103,15 +103,24 @@ fn is_good(q: &Quality) -> bool {
     q.is_good()
 }
 
-/// The anomaly verdict the inference stage attaches to a sample.
+/// The anomaly verdict the inference stage attaches to a sample. The model's name and
+/// version are shared, like field names: every scored sample carries them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Anomaly {
     pub score: f64,
     pub threshold: f64,
     pub is_anomaly: bool,
-    pub model: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub version: String,
+    pub model: std::sync::Arc<str>,
+    #[serde(default = "no_version", skip_serializing_if = "is_empty")]
+    pub version: std::sync::Arc<str>,
+}
+
+fn no_version() -> std::sync::Arc<str> {
+    "".into()
+}
+
+fn is_empty(s: &std::sync::Arc<str>) -> bool {
+    s.is_empty()
 }
 
 /// The name of a field. Shared rather than owned: a Modbus device's point names, say, are

@@ -165,7 +165,7 @@ mod tests {
             threshold: 8.0,
             is_anomaly: true,
             model: "m".into(),
-            version: String::new(),
+            version: "".into(),
         });
         let line = String::from_utf8(encode("plant", "gw", &[Record::new(101, s)])).unwrap();
         assert!(line.contains(",quality=bad "), "{line}");
