@@ -65,6 +65,7 @@ name = "console"
     let sub = config.mqtt_sources[0].subscriptions[0].clone();
     let mut g = c.benchmark_group("decode");
     g.throughput(Throughput::Elements(1));
+    let mut names = tidegate::sources::mqtt::Names::default();
     g.bench_function("mqtt json payload, 8 fields", |b| {
         b.iter(|| {
             decode::decode(
@@ -74,6 +75,7 @@ name = "console"
                 0,
                 &sub,
                 1 << 20,
+                &mut names,
             )
             .unwrap()
         })

@@ -7,9 +7,9 @@ use serde_json::Value as Json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::flatten::Object;
+use super::flatten::{Names, Object};
 use crate::config::{SubscriptionConfig, TimestampFormat};
-use crate::sample::{FieldName, Sample, Value};
+use crate::sample::{Sample, Value};
 
 /// Nesting deeper than this is rejected rather than flattened into absurd keys.
 pub const MAX_DEPTH: usize = 16;
@@ -57,7 +57,7 @@ impl DecodeError {
     }
 }
 
-/// Decodes one MQTT message into samples.
+/// Decodes one MQTT message into samples; `names` are the source's field names so far.
 pub fn decode(
     source: &str,
     topic: &str,
@@ -65,6 +65,7 @@ pub fn decode(
     received_ms: i64,
     sub: &SubscriptionConfig,
     max_payload: usize,
+    names: &mut Names,
 ) -> Result<Vec<Sample>, DecodeError> {
     if payload.len() > max_payload {
         return Err(DecodeError::Oversize {
@@ -79,14 +80,14 @@ pub fn decode(
         None => Vec::new(),
     };
     let keep = [sub.timestamp_field.as_deref(), sub.device_field.as_deref()];
-    let objects = super::flatten::objects(payload, keep)?;
+    let objects = super::flatten::objects(payload, keep, names)?;
     let mut samples = Vec::with_capacity(objects.len());
     for Object { mut fields, kept } in objects {
         let device = device_for(topic, &captures, sub, &kept)?;
         for (name, value) in &captures {
             if *name != "device" {
                 fields
-                    .entry(FieldName::from(*name))
+                    .entry(names.get(name))
                     .or_insert_with(|| Value::Text((*value).to_string()));
             }
         }
@@ -186,6 +187,7 @@ pub fn parse_timestamp(value: &Json, format: TimestampFormat) -> Result<i64, Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sample::FieldName;
     use crate::sources::mqtt::topic::TopicTemplate;
     use std::collections::BTreeMap;
 
@@ -211,6 +213,7 @@ mod tests {
             5,
             &sub(),
             1 << 20,
+            &mut Names::default(),
         )
         .unwrap();
         assert_eq!(samples.len(), 1);
@@ -239,6 +242,7 @@ mod tests {
             77,
             &sub(),
             1 << 20,
+            &mut Names::default(),
         )
         .unwrap();
         assert_eq!(samples.len(), 2);
@@ -253,7 +257,11 @@ mod tests {
     fn malformed_payloads_are_typed_errors() {
         let s = sub();
         let topic = "plant/l1/p/telemetry";
-        let kind = |payload: &[u8]| decode("x", topic, payload, 0, &s, 64).unwrap_err().kind();
+        let kind = |payload: &[u8]| {
+            decode("x", topic, payload, 0, &s, 64, &mut Names::default())
+                .unwrap_err()
+                .kind()
+        };
         assert_eq!(kind(b"not json"), "not_json");
         assert_eq!(kind(b"{\"a\": NaN}"), "not_json");
         assert_eq!(kind(b"42"), "not_object");
@@ -266,13 +274,21 @@ mod tests {
             "1".to_string() + &"}".repeat(20)
         );
         assert_eq!(
-            decode("x", topic, deep.as_bytes(), 0, &s, 1 << 20)
-                .unwrap_err()
-                .kind(),
+            decode(
+                "x",
+                topic,
+                deep.as_bytes(),
+                0,
+                &s,
+                1 << 20,
+                &mut Names::default()
+            )
+            .unwrap_err()
+            .kind(),
             "too_deep"
         );
         assert_eq!(
-            decode("x", "other/topic", b"{}", 0, &s, 64)
+            decode("x", "other/topic", b"{}", 0, &s, 64, &mut Names::default())
                 .unwrap_err()
                 .kind(),
             "topic_mismatch"
@@ -284,11 +300,20 @@ mod tests {
         let mut s = sub();
         s.template = None;
         s.device_field = Some("id".into());
-        let samples = decode("x", "t", br#"{"id": "m-1", "v": 1}"#, 0, &s, 1024).unwrap();
+        let samples = decode(
+            "x",
+            "t",
+            br#"{"id": "m-1", "v": 1}"#,
+            0,
+            &s,
+            1024,
+            &mut Names::default(),
+        )
+        .unwrap();
         assert_eq!(samples[0].device, "m-1");
         assert_eq!(samples[0].fields["id"], Value::Text("m-1".into()));
         assert_eq!(
-            decode("x", "t", br#"{"v": 1}"#, 0, &s, 1024)
+            decode("x", "t", br#"{"v": 1}"#, 0, &s, 1024, &mut Names::default())
                 .unwrap_err()
                 .kind(),
             "missing_device"
@@ -318,7 +343,17 @@ mod tests {
     fn limits_and_shapes_are_refused_with_their_reason() {
         let mut s = sub();
         s.timestamp_field = None;
-        let run = |payload: &[u8]| decode("x", "plant/a/b/telemetry", payload, 0, &s, 1 << 24);
+        let run = |payload: &[u8]| {
+            decode(
+                "x",
+                "plant/a/b/telemetry",
+                payload,
+                0,
+                &s,
+                1 << 24,
+                &mut Names::default(),
+            )
+        };
         let deep = format!(
             "{}1{}",
             "{\"a\":".repeat(MAX_DEPTH + 1),
@@ -423,7 +458,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
-            let _ = decode("x", "plant/a/b/telemetry", &bytes, 0, &sub(), 1 << 20);
+            let _ = decode("x", "plant/a/b/telemetry", &bytes, 0, &sub(), 1 << 20, &mut Names::default());
         }
 
         #[test]
@@ -436,7 +471,7 @@ mod tests {
             // give back exactly the float that was written.
             let tree: Json = serde_json::from_slice(&payload).unwrap();
             let expected = flatten(tree.as_object().unwrap(), "", 1, &mut reference);
-            let got = decode("x", "plant/a/b/telemetry", &payload, 0, &s, 1 << 20);
+            let got = decode("x", "plant/a/b/telemetry", &payload, 0, &s, 1 << 20, &mut Names::default());
             match (expected, got) {
                 (Ok(()), Ok(samples)) => {
                     let mut fields = samples[0].fields.clone();
@@ -453,7 +488,7 @@ mod tests {
             let payload = serde_json::to_vec(&values).unwrap();
             let mut s = sub();
             s.timestamp_field = None;
-            let samples = decode("x", "plant/a/b/telemetry", &payload, 0, &s, 1 << 20).unwrap();
+            let samples = decode("x", "plant/a/b/telemetry", &payload, 0, &s, 1 << 20, &mut Names::default()).unwrap();
             for (k, v) in &values {
                 proptest::prop_assert_eq!(&samples[0].fields[k.as_str()], &Value::Int(*v));
             }

@@ -4,7 +4,8 @@
 //! well, for what they mean. A limit crossed (depth, fields, samples) or a payload that
 //! is not an object or an array of objects ends the parse with its [`DecodeError`].
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashSet};
 
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use serde_json::Value as Json;
@@ -19,13 +20,50 @@ pub struct Object {
     pub kept: serde_json::Map<String, Json>,
 }
 
+/// The field names a source has seen, handed out shared: a device sends the same names in
+/// every message, and a name found here costs a counter increment instead of an
+/// allocation and a copy. Bounded, so that payloads inventing names cannot grow it: past
+/// [`Names::MAX`] new names are allocated each time, as if there were no cache.
+#[derive(Debug, Default)]
+pub struct Names {
+    known: HashSet<FieldName>,
+}
+
+impl Names {
+    pub const MAX: usize = 4096;
+
+    pub fn get(&mut self, name: &str) -> FieldName {
+        if let Some(known) = self.known.get(name) {
+            return known.clone();
+        }
+        let name = FieldName::from(name);
+        if self.known.len() < Self::MAX {
+            self.known.insert(name.clone());
+        }
+        name
+    }
+
+    pub fn len(&self) -> usize {
+        self.known.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.known.is_empty()
+    }
+}
+
 /// Parses `payload`; `keep` names the top-level fields also wanted as JSON.
-pub fn objects(payload: &[u8], keep: [Option<&str>; 2]) -> Result<Vec<Object>, DecodeError> {
+pub fn objects(
+    payload: &[u8],
+    keep: [Option<&str>; 2],
+    names: &mut Names,
+) -> Result<Vec<Object>, DecodeError> {
     let mut failure = None;
     let mut deserializer = serde_json::Deserializer::from_slice(payload);
     let parsed = Shape {
         top: true,
         keep,
+        names,
         failure: &mut failure,
     }
     .deserialize(&mut deserializer)
@@ -48,6 +86,7 @@ fn stop<E: serde::de::Error>(failure: &mut Option<DecodeError>, error: DecodeErr
 struct Shape<'a> {
     top: bool,
     keep: [Option<&'a str>; 2],
+    names: &'a mut Names,
     failure: &'a mut Option<DecodeError>,
 }
 
@@ -76,17 +115,19 @@ impl<'de> Visitor<'de> for Shape<'_> {
             fields: BTreeMap::new(),
             kept: serde_json::Map::new(),
         };
-        while let Some(key) = map.next_key::<String>()? {
+        // Borrowed from the payload unless it holds escapes.
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             let flatten = Flatten {
                 name: key,
                 depth: 1,
                 out: &mut object.fields,
+                names: &mut *self.names,
                 failure: &mut *self.failure,
             };
-            if self.keep.contains(&Some(flatten.name.as_str())) {
+            if self.keep.contains(&Some(flatten.name.as_ref())) {
                 // Rare and small: parsed whole, then flattened like any other field.
                 let value: Json = map.next_value()?;
-                let key = flatten.name.clone();
+                let key = flatten.name.to_string();
                 flatten.deserialize(&value).map_err(A::Error::custom)?;
                 object.kept.insert(key, value);
             } else {
@@ -105,6 +146,7 @@ impl<'de> Visitor<'de> for Shape<'_> {
             let element = Shape {
                 top: false,
                 keep: self.keep,
+                names: &mut *self.names,
                 failure: &mut *self.failure,
             };
             let Some(object) = seq.next_element_seed(element)? else {
@@ -138,19 +180,20 @@ impl<'de> Visitor<'de> for Shape<'_> {
 }
 
 /// One value, flattened into `out` under `name`.
-struct Flatten<'a> {
-    name: String,
+struct Flatten<'a, 'k> {
+    name: Cow<'k, str>,
     depth: usize,
     out: &'a mut BTreeMap<FieldName, Value>,
+    names: &'a mut Names,
     failure: &'a mut Option<DecodeError>,
 }
 
-impl Flatten<'_> {
+impl Flatten<'_, '_> {
     fn leaf<E: serde::de::Error>(self, value: Value) -> Result<(), E> {
         if self.out.len() >= MAX_FIELDS {
             return Err(stop(self.failure, DecodeError::TooManyFields));
         }
-        self.out.insert(self.name.into(), value);
+        self.out.insert(self.names.get(&self.name), value);
         Ok(())
     }
 
@@ -163,24 +206,25 @@ impl Flatten<'_> {
     }
 
     /// The flattener of a member (`key`) of this object or array, one level down.
-    fn member(&mut self, key: impl std::fmt::Display) -> Flatten<'_> {
+    fn member(&mut self, key: impl std::fmt::Display) -> Flatten<'_, 'static> {
         Flatten {
-            name: format!("{}.{key}", self.name),
+            name: Cow::Owned(format!("{}.{key}", self.name)),
             depth: self.depth + 1,
             out: &mut *self.out,
+            names: &mut *self.names,
             failure: &mut *self.failure,
         }
     }
 }
 
-impl<'de> DeserializeSeed<'de> for Flatten<'_> {
+impl<'de> DeserializeSeed<'de> for Flatten<'_, '_> {
     type Value = ();
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Flatten<'_> {
+impl<'de> Visitor<'de> for Flatten<'_, '_> {
     type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -218,7 +262,7 @@ impl<'de> Visitor<'de> for Flatten<'_> {
 
     fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
         self.too_deep()?;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             map.next_value_seed(self.member(key))?;
         }
         Ok(())
@@ -231,5 +275,46 @@ impl<'de> Visitor<'de> for Flatten<'_> {
             i += 1;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_seen_before_are_shared_and_the_cache_is_bounded() {
+        let mut names = Names::default();
+        let first = objects(
+            br#"{"flow": 1, "motor": {"rpm": 2}}"#,
+            [None, None],
+            &mut names,
+        )
+        .unwrap();
+        let second = objects(
+            br#"{"flow": 3, "motor": {"rpm": 4}}"#,
+            [None, None],
+            &mut names,
+        )
+        .unwrap();
+        for name in ["flow", "motor.rpm"] {
+            let (a, _) = first[0].fields.get_key_value(name).unwrap();
+            let (b, _) = second[0].fields.get_key_value(name).unwrap();
+            assert!(FieldName::ptr_eq(a, b), "{name} is shared");
+        }
+        // A name with an escape is unescaped first, then found like any other.
+        let escaped = objects(br#"{"fl\u006fw": 5}"#, [None, None], &mut names).unwrap();
+        let (c, _) = escaped[0].fields.get_key_value("flow").unwrap();
+        assert!(FieldName::ptr_eq(
+            c,
+            first[0].fields.get_key_value("flow").unwrap().0
+        ));
+
+        for i in 0..Names::MAX + 10 {
+            names.get(&format!("invented-{i}"));
+        }
+        assert_eq!(names.len(), Names::MAX);
+        assert_eq!(&*names.get("one more"), "one more");
+        assert_eq!(names.len(), Names::MAX);
     }
 }

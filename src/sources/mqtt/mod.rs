@@ -18,6 +18,7 @@
 
 pub mod decode;
 mod flatten;
+pub use flatten::Names;
 pub mod topic;
 
 use std::sync::Arc;
@@ -133,6 +134,7 @@ impl MqttSource {
         let mut connected = false;
         let mut failures_while_down = 0u64;
         let mut error_log = RateLimit::new(Duration::from_secs(30));
+        let mut names = flatten::Names::default();
         let mut waiting: std::collections::VecDeque<Ingest> = std::collections::VecDeque::new();
         let mut held_back = false;
         // QoS 1 messages passed on and not yet acknowledged. The broker sends no more
@@ -222,8 +224,14 @@ impl MqttSource {
                         Stats::add(&stats.dropped_qos0, 1);
                         continue;
                     }
-                    let mut ingest =
-                        handle_publish(&config, publish, &ack_tx, &stats, &mut error_log);
+                    let mut ingest = handle_publish(
+                        &config,
+                        publish,
+                        &ack_tx,
+                        &stats,
+                        &mut error_log,
+                        &mut names,
+                    );
                     // QoS 1: acknowledged once committed.
                     if ingest.on_commit.is_some() {
                         unacked += 1;
@@ -331,6 +339,7 @@ fn handle_publish(
     ack_tx: &mpsc::UnboundedSender<AckToken>,
     stats: &Stats,
     error_log: &mut RateLimit,
+    names: &mut flatten::Names,
 ) -> Ingest {
     Stats::add(&stats.messages_in, 1);
     let topic = publish.topic.clone();
@@ -347,6 +356,7 @@ fn handle_publish(
             now_ms(),
             sub,
             config.max_payload,
+            names,
         ),
         None => Ok(Vec::new()),
     };
