@@ -27,8 +27,9 @@ pub enum ScoreSpec {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Contract {
-    pub name: String,
-    pub version: String,
+    /// Shared: every verdict the model gives carries its name and version.
+    pub name: std::sync::Arc<str>,
+    pub version: std::sync::Arc<str>,
     pub channels: Vec<String>,
     pub window: usize,
     pub mean: Vec<f64>,
@@ -163,8 +164,8 @@ pub fn resolve(
         return Err(errors);
     }
     Ok(Contract {
-        name: get(KEY_NAME).unwrap_or(fallback_name).to_string(),
-        version: get(KEY_VERSION).unwrap_or("").to_string(),
+        name: get(KEY_NAME).unwrap_or(fallback_name).into(),
+        version: get(KEY_VERSION).unwrap_or("").into(),
         channels,
         window,
         mean,
@@ -200,7 +201,7 @@ mod tests {
         assert_eq!(c.channels, vec!["a", "b"]);
         assert_eq!((c.window, c.threshold), (4, 3.5));
         assert_eq!(c.score, ScoreSpec::Output("score".into()));
-        assert_eq!((c.name.as_str(), c.version.as_str()), ("m", "7"));
+        assert_eq!((&*c.name, &*c.version), ("m", "7"));
     }
 
     #[test]

@@ -228,7 +228,7 @@ impl LoadedModel {
     pub fn score(&self, windows: &[f32], count: usize) -> Result<Vec<f32>, ModelError> {
         let (w, c) = (self.contract.window, self.contract.channels.len());
         let run_error = |reason: String| ModelError::Run {
-            name: self.contract.name.clone(),
+            name: self.contract.name.to_string(),
             reason,
         };
         if windows.len() != count * w * c {

@@ -45,8 +45,6 @@ pub struct Binding {
     pub bad_values: BadValues,
     /// `None` once the model is switched off (or never loaded).
     pub model: Option<Arc<LoadedModel>>,
-    /// The model's name and version, shared by every verdict it gives.
-    label: (Arc<str>, Arc<str>),
     windows: HashMap<String, DeviceWindow>,
     episodes: HashMap<String, Episode>,
     warned_full: bool,
@@ -71,7 +69,6 @@ impl Binding {
             devices,
             stride: stride.max(1),
             bad_values,
-            label: label_of(model.as_deref()),
             model,
             windows: HashMap::new(),
             episodes: HashMap::new(),
@@ -84,18 +81,6 @@ impl Binding {
             .iter()
             .any(|pattern| glob::matches(pattern, device))
     }
-}
-
-fn label_of(model: Option<&LoadedModel>) -> (Arc<str>, Arc<str>) {
-    model.map_or_else(
-        || ("".into(), "".into()),
-        |m| {
-            (
-                m.contract.name.as_str().into(),
-                m.contract.version.as_str().into(),
-            )
-        },
-    )
 }
 
 /// Where one window to score came from: (ingest index, sample index).
@@ -302,8 +287,8 @@ pub async fn run(
                             score,
                             threshold: contract.threshold,
                             is_anomaly,
-                            model: binding.label.0.clone(),
-                            version: binding.label.1.clone(),
+                            model: contract.name.clone(),
+                            version: contract.version.clone(),
                         });
                         transition(binding, sample, score, is_anomaly, &stats)
                     });
@@ -346,7 +331,6 @@ fn swap_model(binding: &mut Binding, model: Arc<LoadedModel>) {
             "; windows start over"
         }
     );
-    binding.label = label_of(Some(&model));
     binding.model = Some(model);
 }
 
@@ -364,7 +348,7 @@ fn transition(
     let mut event = Sample::new(EVENT_SOURCE, device, sample.ts);
     event
         .fields
-        .insert("model".into(), Value::Text(contract.name.clone()));
+        .insert("model".into(), Value::Text(contract.name.to_string()));
     event
         .fields
         .insert("threshold".into(), Value::Float(contract.threshold));
