@@ -74,14 +74,7 @@ fn sample_anonymous_memory(
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let anon = status
-                .lines()
-                .find(|l| l.starts_with("RssAnon:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            peak = peak.max(anon);
+            peak = peak.max(status_kib(pid, "RssAnon"));
             std::thread::sleep(Duration::from_millis(100));
         }
         peak
@@ -370,12 +363,7 @@ async fn idle_and_startup() {
         starts.push(started.elapsed());
         if i == 4 {
             tokio::time::sleep(Duration::from_secs(3)).await;
-            let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).unwrap();
-            let rss = status
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .unwrap_or(0);
+            let rss = status_kib(daemon.pid(), "VmRSS");
             let (anon, file) = rss_split(daemon.pid());
             println!(
                 "\nidle, model loaded, MQTT connected: RSS {:.1} MiB ({:.1} MiB anonymous, {:.1} MiB of binary and libraries)",

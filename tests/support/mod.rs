@@ -884,15 +884,7 @@ timeout = "5s"
 /// file-backed — the pages of its binary and libraries it has touched, clean and shared
 /// with the page cache). From /proc/PID/status.
 pub fn rss_split(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("RssAnon:"), field("RssFile:"))
+    (status_kib(pid, "RssAnon"), status_kib(pid, "RssFile"))
 }
 
 /// (user + system CPU seconds, peak RSS in KiB) of a process, from /proc.
@@ -912,14 +904,19 @@ pub fn process_usage(pid: u32) -> (f64, u64) {
     };
     // After the ")", field 0 is the state; utime and stime are fields 11 and 12.
     let cpu = (ticks(11) + ticks(12)) / 100.0;
+    (cpu, status_kib(pid, "VmHWM"))
+}
+
+/// One of the process's memory figures from `/proc/PID/status` (`VmHWM`, `RssAnon`...),
+/// in KiB; 0 once the process is gone.
+pub fn status_kib(pid: u32, key: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm = status
+    status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    (cpu, hwm)
+        .unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------------------
