@@ -184,8 +184,10 @@ async fn publish(port: u16, load: Load) -> (usize, f64) {
                     }
                 }
             });
-            let per_tick = (load.rate * load.tick_ms / 1000).max(1);
-            let mut tick = tokio::time::interval(Duration::from_millis(load.tick_ms as u64));
+            // Below a message per client per tick, ticks are widened so the rate holds.
+            let tick_ms = load.tick_ms.max(2000 / load.rate.max(1));
+            let per_tick = (load.rate * tick_ms / 1000).max(2);
+            let mut tick = tokio::time::interval(Duration::from_millis(tick_ms as u64));
             // This client's half of the devices, stepped once per message each.
             let mut rng = fastrand::Rng::with_seed(client_no as u64 + 1);
             let mut pumps: Vec<tidegate::sources::sim::Pump> = (0..load.devices)
@@ -195,6 +197,11 @@ async fn publish(port: u16, load: Load) -> (usize, f64) {
             let mut turn = 0usize;
             loop {
                 tick.tick().await;
+                if next.load(Ordering::Relaxed) >= total {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    driver.abort();
+                    return;
+                }
                 for _ in 0..per_tick / 2 + client_no * (per_tick % 2) {
                     let n = next.fetch_add(1, Ordering::Relaxed);
                     if n >= total {

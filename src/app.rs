@@ -107,6 +107,10 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
             reload_rx,
             // Each run has a 2 s deadline; a batch can take a few.
             health.stage("the inference stage", Duration::from_secs(10)),
+            // A pass gathers for as long as a commit waits anyway: at 2,000 msg/s, 25 ms
+            // instead of 5 took a fifth less of the daemon's CPU, for no more latency
+            // (BENCHMARKS.md, "Gathering for as long as a commit waits").
+            config.store.commit_spacing,
         ));
         (enriched_rx, Some(task))
     };

@@ -114,8 +114,8 @@ pub struct RawStore {
     #[serde(default = "default_commit_batch")]
     pub commit_batch: usize,
     /// Shortest time between two commits: what arrives meanwhile shares the next flush.
-    /// An MQTT source whose window is full is committed at once. Default 25ms, between 0
-    /// and 1s.
+    /// With a model, the pipeline gathers this long for one model run. An MQTT source
+    /// whose window is full is committed at once. Default 25ms, between 0 and 1s.
     #[serde(default = "default_commit_spacing")]
     pub commit_spacing: HumanDuration,
     /// Drop records not delivered within this much running time of the gateway

@@ -22,10 +22,6 @@ use crate::store::writer::Ingest;
 
 /// Samples gathered into one pass (and at most one model run per binding).
 const MAX_BATCH_SAMPLES: usize = 1024;
-/// How long a pass waits for more samples to score with the first (see `run`), while it
-/// holds fewer samples than `INLINE_WINDOWS`: past that a batch gains little, and waiting
-/// would only add latency.
-const GATHER: Duration = Duration::from_millis(5);
 /// Runs of at most this many windows are made on the pipeline's own thread, and judged
 /// against the deadline once they return (a tract run is bounded work: it ends). Larger
 /// runs go to the blocking pool, where the deadline can cut the wait short.
@@ -90,6 +86,8 @@ type Origin = (usize, usize);
 /// checked already: a model that fails to load never gets here.
 pub type Reload = (usize, Arc<LoadedModel>);
 
+/// Runs until the sources' channel closes. A pass gathers samples for up to `gather`
+/// (see below) before its model run.
 pub async fn run(
     mut bindings: Vec<Binding>,
     mut rx: mpsc::Receiver<Ingest>,
@@ -97,6 +95,7 @@ pub async fn run(
     stats: Arc<Stats>,
     mut reloads: mpsc::UnboundedReceiver<Reload>,
     stage: Arc<crate::ops::health::Stage>,
+    gather: Duration,
 ) {
     // Kept from pass to pass, cleared, not freed: at a few thousand messages a second a
     // pass runs a hundred times a second, and growing these afresh each time was a tenth
@@ -121,13 +120,14 @@ pub async fn run(
         let mut count = first.samples.len();
         let mut commit_now = first.commit_now;
         items.push(first);
-        // With a model to run, what arrives within GATHER joins this pass: a model run has
-        // a fixed cost (tens of microseconds) that a batch shares, and at a few thousand
-        // messages a second a pass would otherwise hold one sample.
+        // With a model to run, what arrives within `gather` joins this pass while it holds
+        // fewer than INLINE_WINDOWS samples (past that a batch gains little): a pass has a
+        // fixed cost (the model run's set-up, a wake-up of each stage after it) that a
+        // batch shares.
         let gather_until = bindings
             .iter()
             .any(|b| b.model.is_some())
-            .then(|| tokio::time::Instant::now() + GATHER);
+            .then(|| tokio::time::Instant::now() + gather);
         while count < MAX_BATCH_SAMPLES {
             let item = match rx.try_recv() {
                 Ok(item) => item,
@@ -457,6 +457,7 @@ mod tests {
             stats.clone(),
             reload_rx,
             stage,
+            Duration::from_millis(5),
         ));
         in_tx.send(Ingest::new(samples)).await.unwrap();
         drop(in_tx);
