@@ -418,11 +418,9 @@ mod tests {
         sample
     }
 
-    /// Every scored sample is over a threshold of -1, so each device's first score starts
-    /// an episode: its event must follow that very sample, also when several samples of
-    /// one message start episodes.
-    #[tokio::test]
-    async fn each_event_follows_the_sample_that_started_it() {
+    /// The bundled pump model bound to every device, stride 1, with its threshold at -1
+    /// (every score is an anomaly); with the channels it reads and its window length.
+    fn pump_binding() -> (Binding, Vec<String>, usize) {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/pump-demo.onnx");
         let overrides = Overrides {
             threshold: Some(-1.0),
@@ -438,6 +436,15 @@ mod tests {
             BadValues::Skip,
             Some(loaded),
         );
+        (binding, channels, window)
+    }
+
+    /// Every scored sample is over a threshold of -1, so each device's first score starts
+    /// an episode: its event must follow that very sample, also when several samples of
+    /// one message start episodes.
+    #[tokio::test]
+    async fn each_event_follows_the_sample_that_started_it() {
+        let (binding, channels, window) = pump_binding();
         // Devices a and b interleaved in one message: the last pair fills both windows.
         let mut samples = Vec::new();
         for t in 0..window as i64 {
@@ -493,5 +500,53 @@ mod tests {
         assert_eq!(Stats::get(&stats.anomaly_events), 2);
         let verdict = out.samples[out.samples.len() - 2].anomaly.as_ref().unwrap();
         assert_eq!((&*verdict.model, &*verdict.version), ("pump-demo", "1"));
+    }
+
+    /// What arrives while a pass gathers shares its model run, however late within
+    /// `gather`; a message that fills an MQTT window ends the gathering at once (with an
+    /// hour to gather, this test would otherwise wait out the hour).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pass_gathers_until_a_message_that_fills_a_window() {
+        let (binding, channels, window) = pump_binding();
+        let (in_tx, in_rx) = mpsc::channel(8);
+        let (out_tx, mut out_rx) = mpsc::channel(8);
+        let (_reload_tx, reload_rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(Stats::default());
+        let health = crate::ops::health::Health::from_env();
+        let stage = health.stage("pipeline", Duration::from_secs(5));
+        let task = tokio::spawn(run(
+            vec![binding],
+            in_rx,
+            out_tx,
+            stats.clone(),
+            reload_rx,
+            stage,
+            Duration::from_secs(3600),
+        ));
+        // A full window, then one sample more, then one more that fills the window: three
+        // windows to score.
+        let first: Vec<Sample> = (0..window as i64)
+            .map(|t| reading("a", t, &channels))
+            .collect();
+        in_tx.send(Ingest::new(first)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        in_tx
+            .send(Ingest::new(vec![reading("a", window as i64, &channels)]))
+            .await
+            .unwrap();
+        let mut last = Ingest::new(vec![reading("a", window as i64 + 1, &channels)]);
+        last.commit_now = true;
+        in_tx.send(last).await.unwrap();
+
+        for _ in 0..3 {
+            tokio::time::timeout(Duration::from_secs(60), out_rx.recv())
+                .await
+                .expect("the pass ended for the message that fills the window")
+                .expect("the message is passed on");
+        }
+        assert_eq!(Stats::get(&stats.inference_batches), 1);
+        assert_eq!(Stats::get(&stats.inference_windows), 3);
+        drop(in_tx);
+        task.await.unwrap();
     }
 }
