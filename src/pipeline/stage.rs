@@ -439,6 +439,36 @@ mod tests {
         (binding, channels, window)
     }
 
+    /// The stage running `binding`, gathering for `gather`: its input, its output, its
+    /// counters and its task (which ends once the input is dropped).
+    fn start(
+        binding: Binding,
+        gather: Duration,
+    ) -> (
+        mpsc::Sender<Ingest>,
+        mpsc::Receiver<Ingest>,
+        Arc<Stats>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (in_tx, in_rx) = mpsc::channel(8);
+        let (out_tx, out_rx) = mpsc::channel(8);
+        // No reloads: a closed reload channel is never taken.
+        let (_, reload_rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(Stats::default());
+        let health = crate::ops::health::Health::from_env();
+        let stage = health.stage("pipeline", Duration::from_secs(5));
+        let task = tokio::spawn(run(
+            vec![binding],
+            in_rx,
+            out_tx,
+            stats.clone(),
+            reload_rx,
+            stage,
+            gather,
+        ));
+        (in_tx, out_rx, stats, task)
+    }
+
     /// Every scored sample is over a threshold of -1, so each device's first score starts
     /// an episode: its event must follow that very sample, also when several samples of
     /// one message start episodes.
@@ -451,21 +481,7 @@ mod tests {
             samples.push(reading("a", t, &channels));
             samples.push(reading("b", t, &channels));
         }
-        let (in_tx, in_rx) = mpsc::channel(4);
-        let (out_tx, mut out_rx) = mpsc::channel(4);
-        let (_reload_tx, reload_rx) = mpsc::unbounded_channel();
-        let stats = Arc::new(Stats::default());
-        let health = crate::ops::health::Health::from_env();
-        let stage = health.stage("pipeline", Duration::from_secs(5));
-        let task = tokio::spawn(run(
-            vec![binding],
-            in_rx,
-            out_tx,
-            stats.clone(),
-            reload_rx,
-            stage,
-            Duration::from_millis(5),
-        ));
+        let (in_tx, mut out_rx, stats, task) = start(binding, Duration::from_millis(5));
         in_tx.send(Ingest::new(samples)).await.unwrap();
         drop(in_tx);
         let out = out_rx.recv().await.expect("the message is passed on");
@@ -508,21 +524,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_pass_gathers_until_a_message_that_fills_a_window() {
         let (binding, channels, window) = pump_binding();
-        let (in_tx, in_rx) = mpsc::channel(8);
-        let (out_tx, mut out_rx) = mpsc::channel(8);
-        let (_reload_tx, reload_rx) = mpsc::unbounded_channel();
-        let stats = Arc::new(Stats::default());
-        let health = crate::ops::health::Health::from_env();
-        let stage = health.stage("pipeline", Duration::from_secs(5));
-        let task = tokio::spawn(run(
-            vec![binding],
-            in_rx,
-            out_tx,
-            stats.clone(),
-            reload_rx,
-            stage,
-            Duration::from_secs(3600),
-        ));
+        let (in_tx, mut out_rx, stats, task) = start(binding, Duration::from_secs(3600));
         // A full window, then one sample more, then one more that fills the window: three
         // windows to score.
         let first: Vec<Sample> = (0..window as i64)
