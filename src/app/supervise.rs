@@ -135,10 +135,11 @@ fn build_sink(gateway: &str, u: &UplinkConfig) -> Result<BuiltSink, AppError> {
     })
 }
 
-fn build_source(spec: &SourceSpec) -> Result<Option<MqttSource>, AppError> {
+fn build_source(spec: &SourceSpec, config: &Config) -> Result<Option<MqttSource>, AppError> {
     match spec {
         SourceSpec::Mqtt(c) => Ok(Some(
-            MqttSource::new(c.clone()).map_err(|e| AppError::Setup(e.to_string()))?,
+            MqttSource::new(c.clone(), config.store.commit_spacing)
+                .map_err(|e| AppError::Setup(e.to_string()))?,
         )),
         _ => Ok(None),
     }
@@ -156,7 +157,7 @@ impl Supervisor {
         let sources: Vec<(SourceSpec, Option<MqttSource>)> = SourceSpec::all(config)
             .into_iter()
             .map(|s| {
-                let built = build_source(&s)?;
+                let built = build_source(&s, config)?;
                 Ok((s, built))
             })
             .collect::<Result<_, AppError>>()?;
@@ -290,7 +291,7 @@ impl Supervisor {
         let new_sources: Vec<(SourceSpec, Option<MqttSource>)> = wanted_sources
             .iter()
             .filter(|s| self.sources.get(s.name()).is_none_or(|r| r.config != **s))
-            .map(|s| Ok((s.clone(), build_source(s)?)))
+            .map(|s| Ok((s.clone(), build_source(s, config)?)))
             .collect::<Result<_, AppError>>()?;
         let new_uplinks: Vec<(UplinkConfig, BuiltSink)> = wanted_uplinks
             .iter()

@@ -59,12 +59,14 @@ pub enum MqttSourceError {
 /// messages a second, and a bound on how long the event loop waits for them.
 const MAX_ACKS_PER_WRITE: usize = 512;
 
-/// After a read that emptied the socket, the next waits until this long after it, so
-/// that what arrives meanwhile is read, decoded and passed on together. At 2,000 msg/s
-/// in bursts every 10 ms this took a sixth less of the daemon's CPU for ~12 ms more p99
-/// latency (BENCHMARKS.md, "Reading the broker in paces"). A quiet connection reads at
-/// once: the pace only starts at a read.
-const READ_PACE: Duration = Duration::from_millis(20);
+/// After a read that emptied the socket, the next waits out a pace: the store's
+/// `commit_spacing` (a commit waits that long anyway), at most this. What arrives
+/// meanwhile is read, decoded and passed on together: at 2,000 msg/s in bursts every
+/// 10 ms, a 20 ms pace took a sixth less of the daemon's CPU for ~13 ms more p99 latency
+/// (BENCHMARKS.md, "Reading the broker in paces"). A quiet connection reads at once: the
+/// pace only starts at a read. The bound keeps what waits in the socket meanwhile small
+/// (QoS 0 messages the broker cannot hand over are its to drop).
+pub const MAX_READ_PACE: Duration = Duration::from_millis(20);
 /// Most packets rumqttc takes from the socket in one read: a read that returns fewer
 /// emptied it.
 const READ_BATCH: usize = 9;
@@ -78,10 +80,15 @@ struct AckToken {
 pub struct MqttSource {
     config: MqttSourceConfig,
     options: MqttOptions,
+    read_pace: Duration,
 }
 
 impl MqttSource {
-    pub fn new(config: MqttSourceConfig) -> Result<Self, MqttSourceError> {
+    /// `commit_spacing`: the store's; reads are paced by it (see [`MAX_READ_PACE`]).
+    pub fn new(
+        config: MqttSourceConfig,
+        commit_spacing: Duration,
+    ) -> Result<Self, MqttSourceError> {
         let mut options =
             MqttOptions::new(config.client_id.clone(), config.host.clone(), config.port);
         options
@@ -104,7 +111,11 @@ impl MqttSource {
                 })?;
             options.set_transport(Transport::Tls(TlsConfiguration::Rustls(client_config)));
         }
-        Ok(MqttSource { config, options })
+        Ok(MqttSource {
+            config,
+            options,
+            read_pace: commit_spacing.min(MAX_READ_PACE),
+        })
     }
 
     /// Runs until `shutdown`. Messages not yet committed at shutdown are not acknowledged,
@@ -115,7 +126,11 @@ impl MqttSource {
         stats: Arc<Stats>,
         shutdown: CancellationToken,
     ) {
-        let MqttSource { config, options } = self;
+        let MqttSource {
+            config,
+            options,
+            read_pace,
+        } = self;
         let name = config.name.clone();
         let (client, mut eventloop) =
             AsyncClient::new(options, usize::from(config.inflight).max(16) * 2);
@@ -199,7 +214,7 @@ impl MqttSource {
                 && matches!(event, Ok(Event::Incoming(Packet::Publish(_))))
                 && eventloop.state.events.len() + 1 < READ_BATCH
             {
-                paced_until = Some(tokio::time::Instant::now() + READ_PACE);
+                paced_until = Some(tokio::time::Instant::now() + read_pace);
             }
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
