@@ -67,8 +67,10 @@ const MAX_ACKS_PER_WRITE: usize = 512;
 /// pace only starts at a read. The bound keeps what waits in the socket meanwhile small
 /// (QoS 0 messages the broker cannot hand over are its to drop).
 pub const MAX_READ_PACE: Duration = Duration::from_millis(20);
-/// Most packets rumqttc takes from the socket in one read: a read that returns fewer
-/// emptied it.
+/// Most packets rumqttc takes from the socket in one read (`Network::readb`): a read that
+/// returns fewer emptied it. rumqttc is pinned to the version this was read from: were
+/// its batch smaller, every read would look like one that emptied the socket, and each
+/// would wait out a pace.
 const READ_BATCH: usize = 9;
 
 /// What acknowledging one message takes. Subscriptions are QoS 0 or 1, so the broker
@@ -167,14 +169,15 @@ impl MqttSource {
         // some: the message that fills the window is committed at once, not after
         // `commit_spacing`.
         let mut unacked: usize = 0;
-        let mut paced_until: Option<tokio::time::Instant> = None;
+        // The next read from the socket waits until then (see MAX_READ_PACE).
+        let mut read_after = tokio::time::Instant::now();
 
         loop {
             // Only while connected: taking this branch drops the pending `poll`, which
             // must not happen to a connection attempt half made.
             let can_ack = eventloop.network.is_some();
             let will_read = eventloop.state.events.is_empty();
-            let pacing = will_read && paced_until.is_some_and(|t| t > tokio::time::Instant::now());
+            let pacing = will_read && read_after > tokio::time::Instant::now();
             let event = tokio::select! {
                 biased;
                 Some(first) = ack_rx.recv(), if can_ack => {
@@ -186,7 +189,7 @@ impl MqttSource {
                     // The broker sends the next window only now: reading it must not wait
                     // out a pace, or one connection would carry a window per pace.
                     if window_was_full {
-                        paced_until = None;
+                        read_after = tokio::time::Instant::now();
                     }
                     continue;
                 }
@@ -202,10 +205,7 @@ impl MqttSource {
                     continue;
                 }
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep_until(paced_until.unwrap_or_else(tokio::time::Instant::now)), if pacing => {
-                    paced_until = None;
-                    continue;
-                }
+                _ = tokio::time::sleep_until(read_after), if pacing => continue,
                 event = eventloop.poll(), if !pacing => event,
             };
             // A read that emptied the socket starts a pace; one that filled its batch did
@@ -214,7 +214,7 @@ impl MqttSource {
                 && matches!(event, Ok(Event::Incoming(Packet::Publish(_))))
                 && eventloop.state.events.len() + 1 < READ_BATCH
             {
-                paced_until = Some(tokio::time::Instant::now() + read_pace);
+                read_after = tokio::time::Instant::now() + read_pace;
             }
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
