@@ -10,7 +10,8 @@
 //!   same line with one unit dead (1 s timeout): polls per second against the line's
 //!   theoretical rate, computed from the frame sizes and the 3.5-character gaps
 //!   (`TG_RTU_ONLY=1` runs only these; `TG_RTU_WARMUP` seconds before measuring, default
-//!   10: the dead unit's breaker has opened, its probes are still close together).
+//!   10: the dead unit's breaker has opened, its probes are still close together;
+//!   `TG_TCP_ONLY=1` runs only the first case, all TCP devices answering).
 //!
 //! `TG_WORKERS` and `TG_COMMIT_SPACING` set the daemon's `worker_threads` and
 //! `store.commit_spacing`; `TG_DAEMON_BIN` runs another build of it.
@@ -305,6 +306,9 @@ async fn main() {
     let seconds = env_or("TG_SECONDS", 30);
     if env_or("TG_RTU_ONLY", 0) == 0 {
         run(devices, 0, interval, seconds).await;
+        if env_or("TG_TCP_ONLY", 0) == 1 {
+            return;
+        }
         run(devices, env_or("TG_DEAD_PERCENT", 10), interval, seconds).await;
     }
     run_rtu(8, 0, seconds).await;

@@ -157,3 +157,150 @@ async fn after_a_broker_restart_it_reconnects_and_resubscribes() {
     assert!(log.contains("connection lost"), "{log}");
     assert!(log.contains("(session new)"), "{log}");
 }
+
+/// A dropped connection leaves messages that were received on it but not yet committed.
+/// The broker delivers them again on the next connection (the session is persistent), and
+/// each must be acknowledged there once, after its own commit. A PUBACK carried over
+/// from the old connection would answer the redelivery before it is stored, and the
+/// redelivery's own PUBACK would then answer whatever the broker had since sent under
+/// that packet id, before that was stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_dropped_connection_each_message_is_acknowledged_once_where_it_was_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mqtt = Mosquitto::start();
+    let wire = mqtt_wire::MqttWire::start(mqtt.port).await;
+    let backend = Backend::start(Box::new(|_| 200)).await;
+    let config = write_test_config(
+        dir.path(),
+        &format!(
+            r#"
+[store]
+commit_spacing = "1s"
+
+[[sources.mqtt]]
+name = "local"
+port = {port}
+reconnect_min = "100ms"
+reconnect_max = "200ms"
+
+[[sources.mqtt.subscriptions]]
+filter = "sensors/#"
+device_field = "id"
+
+[[uplinks.http]]
+name = "cloud"
+url = "{url}"
+linger = "50ms"
+"#,
+            port = wire.port,
+            url = backend.url
+        ),
+    );
+    let mut daemon = Daemon::start(&config, &dir.path().join("tidegate.log"));
+    let subscribed = |daemon: &Daemon| daemon.log_text().matches("subscribed to sensors/#").count();
+    wait_until("the subscription", Duration::from_secs(20), || {
+        subscribed(&daemon) == 1
+    })
+    .await;
+    let publisher = Publisher::connect(mqtt.port, "sensor-sim").await;
+    let distinct = |backend: &Backend| {
+        backend
+            .delivered()
+            .iter()
+            .filter_map(|r| r["fields"]["n"].as_u64())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    let mut sent = 0;
+    let mut cuts_with_messages_in_flight = 0;
+    for attempt in 1..=5 {
+        // One message commits at once (the store was quiet); the next ones wait out the
+        // commit spacing, and the connection is cut meanwhile.
+        publisher
+            .publish("sensors/a", format!("{{\"id\": \"s\", \"n\": {sent}}}"))
+            .await;
+        sent += 1;
+        wait_until("the first message stored", Duration::from_secs(20), || {
+            distinct(&backend) == sent
+        })
+        .await;
+        let delivered_before = publishes_on(&wire.seen(), attempt);
+        for _ in 0..5 {
+            publisher
+                .publish("sensors/a", format!("{{\"id\": \"s\", \"n\": {sent}}}"))
+                .await;
+            sent += 1;
+        }
+        wait_until("the messages on the wire", Duration::from_secs(20), || {
+            publishes_on(&wire.seen(), attempt) == delivered_before + 5
+        })
+        .await;
+        wire.cut_all();
+        if !unacknowledged_on(&wire.seen(), attempt).is_empty() {
+            cuts_with_messages_in_flight += 1;
+        }
+        wait_until("the next connection", Duration::from_secs(20), || {
+            subscribed(&daemon) == attempt as usize + 1
+        })
+        .await;
+        if cuts_with_messages_in_flight == 2 {
+            break;
+        }
+    }
+    assert!(
+        cuts_with_messages_in_flight > 0,
+        "no cut came within a commit spacing of the messages: nothing was tested"
+    );
+    wait_until("every message stored", Duration::from_secs(30), || {
+        distinct(&backend) == sent
+    })
+    .await;
+    // Shutdown commits what is pending and sends its acknowledgements.
+    assert_eq!(daemon.terminate(), Some(0));
+    let seen = wire.seen();
+    let connections = seen.iter().map(|(c, _)| *c).max().unwrap_or(0);
+    let redelivered = seen
+        .iter()
+        .filter(|(_, s)| matches!(s, mqtt_wire::Seen::Publish { dup: true, .. }))
+        .count();
+    eprintln!(
+        "{sent} messages, {connections} connections, {cuts_with_messages_in_flight} cut with messages in flight, {redelivered} delivered again"
+    );
+    assert!(
+        redelivered > 0,
+        "the broker delivered again what was in flight"
+    );
+    for connection in 1..=connections {
+        let mut outstanding = std::collections::BTreeSet::new();
+        for (_, packet) in seen.iter().filter(|(c, _)| *c == connection) {
+            match *packet {
+                mqtt_wire::Seen::Publish { pkid, .. } => {
+                    outstanding.insert(pkid);
+                }
+                mqtt_wire::Seen::PubAck { pkid } => assert!(
+                    outstanding.remove(&pkid),
+                    "connection {connection}: PUBACK {pkid} answers no message delivered on it and not yet acknowledged: {seen:?}"
+                ),
+            }
+        }
+    }
+}
+
+/// QoS 1 messages the broker delivered on `connection`.
+fn publishes_on(seen: &[(u32, mqtt_wire::Seen)], connection: u32) -> usize {
+    seen.iter()
+        .filter(|(c, s)| *c == connection && matches!(s, mqtt_wire::Seen::Publish { .. }))
+        .count()
+}
+
+/// Packet ids delivered on `connection` and not acknowledged on it.
+fn unacknowledged_on(seen: &[(u32, mqtt_wire::Seen)], connection: u32) -> Vec<u16> {
+    let mut outstanding = Vec::new();
+    for (_, packet) in seen.iter().filter(|(c, _)| *c == connection) {
+        match *packet {
+            mqtt_wire::Seen::Publish { pkid, .. } => outstanding.push(pkid),
+            mqtt_wire::Seen::PubAck { pkid } => outstanding.retain(|p| *p != pkid),
+        }
+    }
+    outstanding
+}

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod modbus;
+pub mod mqtt_wire;
 
 use std::io::Read;
 use std::net::TcpListener as StdListener;

@@ -77,6 +77,9 @@ const READ_BATCH: usize = 9;
 /// delivers nothing at QoS 2 and an acknowledgement is always a PUBACK.
 struct AckToken {
     pkid: u16,
+    /// The connection that delivered the message (counted from 1). A packet id means
+    /// something only on its own connection: see [`write_acks`].
+    connection: u64,
 }
 
 pub struct MqttSource {
@@ -169,6 +172,7 @@ impl MqttSource {
         // some: the message that fills the window is committed at once, not after
         // `commit_spacing`.
         let mut unacked: usize = 0;
+        let mut connection: u64 = 0;
         // The next read from the socket waits until then (see MAX_READ_PACE).
         let mut read_after = tokio::time::Instant::now();
 
@@ -182,10 +186,16 @@ impl MqttSource {
                 biased;
                 Some(first) = ack_rx.recv(), if can_ack => {
                     let window_was_full = unacked >= usize::from(config.inflight);
-                    let taken =
-                        write_acks(&mut eventloop, first, &mut ack_rx, write_deadline, &name)
-                            .await;
-                    unacked = unacked.saturating_sub(taken);
+                    let sent = write_acks(
+                        &mut eventloop,
+                        connection,
+                        first,
+                        &mut ack_rx,
+                        write_deadline,
+                        &name,
+                    )
+                    .await;
+                    unacked = unacked.saturating_sub(sent);
                     // The broker sends the next window only now: reading it must not wait
                     // out a pace, or one connection would carry a window per pace.
                     if window_was_full {
@@ -236,6 +246,7 @@ impl MqttSource {
                         }
                     );
                     connected = true;
+                    connection += 1;
                     // The window of a new connection starts empty.
                     unacked = 0;
                     failures_while_down = 0;
@@ -273,6 +284,7 @@ impl MqttSource {
                     let mut ingest = handle_publish(
                         &config,
                         publish,
+                        connection,
                         &ack_tx,
                         &stats,
                         &mut error_log,
@@ -355,8 +367,15 @@ impl MqttSource {
                     biased;
                     token = ack_rx.recv(), if can_ack => match token {
                         Some(first) => {
-                            write_acks(&mut eventloop, first, &mut ack_rx, write_deadline, &name)
-                                .await;
+                            write_acks(
+                                &mut eventloop,
+                                connection,
+                                first,
+                                &mut ack_rx,
+                                write_deadline,
+                                &name,
+                            )
+                            .await;
                         }
                         None => break,
                     },
@@ -382,6 +401,7 @@ impl MqttSource {
 fn handle_publish(
     config: &MqttSourceConfig,
     publish: Publish,
+    connection: u64,
     ack_tx: &mpsc::UnboundedSender<AckToken>,
     stats: &Stats,
     error_log: &mut RateLimit,
@@ -428,7 +448,10 @@ fn handle_publish(
     let on_commit: Option<crate::store::writer::OnCommit> = if publish.qos == QoS::AtMostOnce {
         None
     } else {
-        let token = AckToken { pkid: publish.pkid };
+        let token = AckToken {
+            pkid: publish.pkid,
+            connection,
+        };
         let ack_tx = ack_tx.clone();
         Some(Box::new(move || {
             let _ = ack_tx.send(token);
@@ -444,37 +467,50 @@ fn handle_publish(
 }
 
 /// Writes `first` and every PUBACK already waiting behind it (up to
-/// [`MAX_ACKS_PER_WRITE`]), in commit order, then flushes once. A write that fails or
-/// does not finish in time drops the connection: the next `poll` connects again and the
-/// broker delivers what was left unacknowledged (the session is persistent). Returns how
-/// many acknowledgements it took from the channel, `first` included.
+/// [`MAX_ACKS_PER_WRITE`] taken from the channel), in commit order, then flushes once.
+/// A write that fails or does not finish in time drops the connection: the next `poll`
+/// connects again and the broker delivers what was left unacknowledged (the session is
+/// persistent). Returns how many PUBACKs it wrote.
+///
+/// Messages of an earlier connection are not acknowledged on this one: the broker has
+/// delivered them again on it under the same packet ids, and those copies are
+/// acknowledged after their own commit. Acknowledging both would answer, with the second
+/// PUBACK, whatever the broker had sent under that packet id in between, before it was
+/// stored.
 async fn write_acks(
     eventloop: &mut EventLoop,
+    connection: u64,
     first: AckToken,
     rx: &mut mpsc::UnboundedReceiver<AckToken>,
     deadline: Duration,
     name: &str,
 ) -> usize {
-    let mut taken = 1;
     let Some(network) = eventloop.network.as_mut() else {
-        return taken;
+        return 0;
     };
+    let (mut taken, mut written) = (1, 0);
     let mut next = Some(first);
     let result = tokio::time::timeout(deadline, async {
         while let Some(token) = next.take() {
-            network
-                .write(Packet::PubAck(PubAck::new(token.pkid)))
-                .await?;
+            if token.connection == connection {
+                network
+                    .write(Packet::PubAck(PubAck::new(token.pkid)))
+                    .await?;
+                written += 1;
+            }
             if taken < MAX_ACKS_PER_WRITE {
                 next = rx.try_recv().ok();
                 taken += usize::from(next.is_some());
             }
         }
-        network.flush().await
+        if written > 0 {
+            network.flush().await?;
+        }
+        Ok::<(), rumqttc::StateError>(())
     })
     .await;
     let failure = match result {
-        Ok(Ok(())) => return taken,
+        Ok(Ok(())) => return written,
         Ok(Err(e)) => e.to_string(),
         Err(_) => format!("no progress in {deadline:?}"),
     };
@@ -483,7 +519,7 @@ async fn write_acks(
          will deliver the unacknowledged messages again"
     );
     eventloop.clean();
-    taken
+    written
 }
 
 /// MQTT topic filter matching (`+` one level, `#` the rest).
