@@ -56,6 +56,12 @@ pub async fn run(
     }
     let mut link = Link::new(config.name.clone(), config.link.clone());
     let mut backpressured = false;
+    // A token of this bus's own, waited on by one future for the whole run: a thousand
+    // buses each making a fresh wait on the shared token twice a poll all took its lock
+    // and joined its waiter list (2% of the daemon's CPU at 1,000 devices).
+    let own_shutdown = shutdown.child_token();
+    let cancelled = own_shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let index = (0..devices.len())
             .min_by_key(|&i| devices[i].schedule.next_due())
@@ -63,7 +69,7 @@ pub async fn run(
         let due = devices[index].schedule.next_due();
         tokio::select! {
             _ = tokio::time::sleep_until(due) => {}
-            _ = shutdown.cancelled() => break,
+            _ = &mut cancelled => break,
         }
         let device = &mut devices[index];
         let now = Instant::now();
@@ -111,7 +117,7 @@ pub async fn run(
         let busy = stage.busy();
         let sample = tokio::select! {
             sample = poll(&mut link, device, &config.name, &stats) => sample,
-            _ = shutdown.cancelled() => break,
+            _ = &mut cancelled => break,
         };
         drop(busy);
         let skipped = device.schedule.advance(Instant::now());
