@@ -175,6 +175,12 @@ impl MqttSource {
         let mut connection: u64 = 0;
         // The next read from the socket waits until then (see MAX_READ_PACE).
         let mut read_after = tokio::time::Instant::now();
+        // One wait for the whole run, on a token of this source's own: a fresh wait on the
+        // shared token at every packet would take that token's lock, which every task
+        // shares, thousands of times a second.
+        let own_shutdown = shutdown.child_token();
+        let cancelled = own_shutdown.cancelled();
+        tokio::pin!(cancelled);
 
         loop {
             // Only while connected: taking this branch drops the pending `poll`, which
@@ -214,7 +220,7 @@ impl MqttSource {
                     }
                     continue;
                 }
-                _ = shutdown.cancelled() => break,
+                _ = &mut cancelled => break,
                 _ = tokio::time::sleep_until(read_after), if pacing => continue,
                 event = eventloop.poll(), if !pacing => event,
             };
@@ -348,7 +354,7 @@ impl MqttSource {
                     let delay = backoff.next_delay();
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.cancelled() => break,
+                        _ = &mut cancelled => break,
                     }
                 }
             }
