@@ -9,7 +9,8 @@
 //! - `TG_RATE` messages/s (default 2000), `TG_SECONDS` (20), `TG_DEVICES` (1000),
 //!   `TG_QOS` 0 or 1 (1), `TG_MODEL` 0 or 1 (1), `TG_WORKERS` (the daemon's
 //!   `gateway.worker_threads`, default one per core), `TG_COMMIT_SPACING` (the daemon's
-//!   `store.commit_spacing`, default its own), `TG_TICK_MS` (10: the publishers send a
+//!   `store.commit_spacing`, default its own), `TG_LINGER` and `TG_MAX_RECORDS` (the HTTP
+//!   uplink's `linger` and `max_records`, default 100ms and 1000), `TG_TICK_MS` (10: the publishers send a
 //!   tick's worth at once every 10 ms; 1 spreads the messages out as independent devices
 //!   would), `TG_MODEL_FILE` (another ONNX model for the same pumps);
 //! - `TG_FIND_MAX=1`: raises the rate until a run delivers less than 99.9% or its p99 is
@@ -112,12 +113,14 @@ timestamp_field = "ts"
 [[uplinks.http]]
 name = "cloud"
 url = "{url}"
-max_records = 1000
-linger = "100ms"
+max_records = {max_records}
+linger = "{linger}"
 backoff_min = "50ms"
 backoff_max = "500ms"
 "#,
-            qos = load.qos
+            qos = load.qos,
+            max_records = std::env::var("TG_MAX_RECORDS").unwrap_or_else(|_| "1000".into()),
+            linger = std::env::var("TG_LINGER").unwrap_or_else(|_| "100ms".into()),
         ),
     );
     // A summary every 10 s, as a production gateway would log (rather than every second).
