@@ -13,6 +13,9 @@
 //!   10: the dead unit's breaker has opened, its probes are still close together;
 //!   `TG_TCP_ONLY=1` runs only the first case, all TCP devices answering).
 //!
+//! `TG_BARE=1` runs, instead, the reference for the first case: a bare tokio-modbus
+//! poller of the same devices, with none of the gateway's work (see `bare_poller`).
+//!
 //! `TG_WORKERS` and `TG_COMMIT_SPACING` set the daemon's `worker_threads` and
 //! `store.commit_spacing`; `TG_DAEMON_BIN` runs another build of it.
 //!
@@ -296,14 +299,156 @@ fn sample_now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// The reference the daemon's figures are read against, measured on the same machine at
+/// the same moment: a bare tokio-modbus poller, one task and connection a device, the
+/// same three reads a poll, each with a deadline, the devices spread evenly over the
+/// interval (or, with `TG_BARE_PHASES=N`, over N points of it, as the daemon groups them
+/// on ten); the answers are counted and dropped (no decoding, no samples, no store, no
+/// uplink). It runs as a child process (`--bare-poller PORT DEVICES INTERVAL_MS PHASES`), so its
+/// CPU and memory are its own, on a runtime of two worker threads as the daemon's, and
+/// prints its completed polls every 100 ms.
+async fn bare_poller(port: u16, devices: u64, interval_ms: u64, phases: u64) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio_modbus::prelude::Reader;
+    let completed = Arc::new(AtomicU64::new(0));
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let interval = Duration::from_millis(interval_ms);
+    for d in 0..devices {
+        let completed = completed.clone();
+        tokio::spawn(async move {
+            let deadline = Duration::from_secs(1);
+            // A thousand connections at once overflow the server's accept queue: try again,
+            // as the daemon does.
+            let mut ctx = loop {
+                if let Ok(Ok(ctx)) = tokio::time::timeout(
+                    deadline,
+                    tokio_modbus::client::tcp::connect_slave(address, tokio_modbus::Slave(1)),
+                )
+                .await
+                {
+                    break ctx;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            let phase = if phases == 0 {
+                d as f64 / devices as f64
+            } else {
+                (d % phases) as f64 / phases as f64
+            };
+            let first = tokio::time::Instant::now() + interval.mul_f64(phase);
+            let mut ticks = tokio::time::interval_at(first, interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                ticks.tick().await;
+                let hr = tokio::time::timeout(deadline, ctx.read_holding_registers(0, 20)).await;
+                let ir = tokio::time::timeout(deadline, ctx.read_input_registers(0, 20)).await;
+                let f = tokio::time::timeout(deadline, ctx.read_holding_registers(100, 10)).await;
+                if matches!((hr, ir, f), (Ok(Ok(Ok(_))), Ok(Ok(Ok(_))), Ok(Ok(Ok(_))))) {
+                    completed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        println!("{}", completed.load(Ordering::Relaxed));
+    }
+}
+
+/// Runs [`bare_poller`] against the same simulated meters as the daemon's first case.
+async fn run_bare(devices: u64, interval_ms: u64, phases: u64, seconds: u64) {
+    use std::io::BufRead;
+    let stop = CancellationToken::new();
+    let server = serve_tcp(
+        Devices::new(HashMap::from([(1, meter_unit())])),
+        stop.clone(),
+    )
+    .await;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--bare-poller",
+            &server.port().to_string(),
+            &devices.to_string(),
+            &interval_ms.to_string(),
+            &phases.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let last = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reader = {
+        let last = last.clone();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(n) = line.trim().parse() {
+                    last.store(n, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (cpu0, _) = process_usage(child.id());
+    let polls0 = last.load(std::sync::atomic::Ordering::Relaxed);
+    let t0 = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let (cpu1, hwm) = process_usage(child.id());
+    let polls1 = last.load(std::sync::atomic::Ordering::Relaxed);
+    let window = t0.elapsed().as_secs_f64();
+    let (anon, file) = rss_split(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+    stop.cancel();
+    let expected = devices as f64 * window * 1000.0 / interval_ms as f64;
+    println!(
+        "bare tokio-modbus poller (the reference: no samples, store or uplink): {devices} devices every {interval_ms} ms, {}, {window:.0} s",
+        if phases == 0 {
+            "spread evenly".to_string()
+        } else {
+            format!("on {phases} phase points")
+        }
+    );
+    println!(
+        "  polls completed {} of {expected:.0} expected ({:.2}%, counted to the nearest 100 ms)",
+        polls1 - polls0,
+        100.0 * (polls1 - polls0) as f64 / expected
+    );
+    println!(
+        "  CPU {:.1}% of one core ({:.2} CPU-s), peak RSS {:.1} MiB; at the end {:.1} MiB anonymous + {:.1} MiB of binary and libraries",
+        100.0 * (cpu1 - cpu0) / window,
+        cpu1 - cpu0,
+        hwm as f64 / 1024.0,
+        anon as f64 / 1024.0,
+        file as f64 / 1024.0
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list") {
         return;
+    }
+    if args.get(1).map(String::as_str) == Some("--bare-poller") {
+        let arg = |i: usize| {
+            args[i]
+                .parse::<u64>()
+                .expect("--bare-poller PORT DEVICES INTERVAL_MS PHASES")
+        };
+        return bare_poller(arg(2) as u16, arg(3), arg(4), arg(5)).await;
     }
     let devices = env_or("TG_DEVICES", 1000);
     let interval = env_or("TG_INTERVAL_MS", 1000);
     let seconds = env_or("TG_SECONDS", 30);
+    if env_or("TG_BARE", 0) == 1 {
+        run_bare(devices, interval, env_or("TG_BARE_PHASES", 0), seconds).await;
+        return;
+    }
     if env_or("TG_RTU_ONLY", 0) == 0 {
         run(devices, 0, interval, seconds).await;
         if env_or("TG_TCP_ONLY", 0) == 1 {
