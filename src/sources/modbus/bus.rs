@@ -31,6 +31,12 @@ use crate::uplink::backoff::Backoff;
 const BREAKER_THRESHOLD: u32 = 3;
 /// Longest time a dead device waits between probes.
 const BREAKER_MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// The first wait between probes, in request timeouts (at least the poll interval and a
+/// second). A probe of a dead device costs its bus a timeout: four apart, a dead unit
+/// takes at most a fifth of a serial line even before the waits grow. One apart, the
+/// first minute lost a quarter of the line to it (8.37 polls/s for seven healthy units
+/// of eight at 19,200 baud, against 9.77 once the probes were a minute apart).
+const BREAKER_FIRST_BACKOFF_IN_TIMEOUTS: u32 = 4;
 /// How long a request refused with a permanent exception (01, 02, 03) is left alone
 /// before it is tried again (the PLC program may have changed).
 const PERMANENT_EXCEPTION_HOLD: Duration = Duration::from_secs(300);
@@ -156,7 +162,9 @@ enum Condition {
 impl Device {
     fn new(cfg: ModbusDeviceConfig, now: Instant) -> Self {
         let interval = cfg.poll_interval;
-        let min_backoff = interval.max(Duration::from_secs(1));
+        let min_backoff = interval
+            .max(cfg.timeout * BREAKER_FIRST_BACKOFF_IN_TIMEOUTS)
+            .max(Duration::from_secs(1));
         Device {
             schedule: Schedule::new(interval, phase_for(&cfg.name, interval), now),
             breaker: Breaker::new(
@@ -650,4 +658,42 @@ pub fn longest_poll(config: &ModbusSourceConfig) -> Duration {
         })
         .max()
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(poll_interval: Duration, timeout: Duration) -> Device {
+        let cfg = ModbusDeviceConfig {
+            name: "meter".into(),
+            unit: 1,
+            poll_interval,
+            timeout,
+            retries: 0,
+            points: Vec::new().into(),
+            requests: Vec::new().into(),
+        };
+        Device::new(cfg, Instant::now())
+    }
+
+    /// How long the breaker of a device that has just failed its third poll waits.
+    fn first_wait(device: &mut Device) -> Duration {
+        let now = Instant::now();
+        for _ in 1..BREAKER_THRESHOLD {
+            assert_eq!(device.breaker.failure(now), Transition::None);
+        }
+        match device.breaker.failure(now) {
+            Transition::Opened { backoff } => backoff,
+            other => panic!("the breaker did not open: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_first_probe_waits_four_timeouts_the_poll_interval_or_a_second_whichever_is_longest() {
+        let (ms, s) = (Duration::from_millis, Duration::from_secs);
+        assert_eq!(first_wait(&mut device(ms(100), s(1))), s(4));
+        assert_eq!(first_wait(&mut device(s(10), s(1))), s(10));
+        assert_eq!(first_wait(&mut device(ms(100), ms(100))), s(1));
+    }
 }
