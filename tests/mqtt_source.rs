@@ -170,32 +170,10 @@ async fn after_a_dropped_connection_each_message_is_acknowledged_once_where_it_w
     let mqtt = Mosquitto::start();
     let wire = mqtt_wire::MqttWire::start(mqtt.port).await;
     let backend = Backend::start(Box::new(|_| 200)).await;
-    let config = write_test_config(
-        dir.path(),
-        &format!(
-            r#"
-[store]
-commit_spacing = "1s"
-
-[[sources.mqtt]]
-name = "local"
-port = {port}
-reconnect_min = "100ms"
-reconnect_max = "200ms"
-
-[[sources.mqtt.subscriptions]]
-filter = "sensors/#"
-device_field = "id"
-
-[[uplinks.http]]
-name = "cloud"
-url = "{url}"
-linger = "50ms"
-"#,
-            port = wire.port,
-            url = backend.url
-        ),
-    );
+    let config = mqtt_config(dir.path(), &backend.url, &format!("port = {}\n", wire.port));
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[store]\ncommit_spacing = \"1s\"\n");
+    std::fs::write(&config, text).unwrap();
     let mut daemon = Daemon::start(&config, &dir.path().join("tidegate.log"));
     let subscribed = |daemon: &Daemon| daemon.log_text().matches("subscribed to sensors/#").count();
     wait_until("the subscription", Duration::from_secs(20), || {

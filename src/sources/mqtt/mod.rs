@@ -78,7 +78,7 @@ const READ_BATCH: usize = 9;
 struct AckToken {
     pkid: u16,
     /// The connection that delivered the message (counted from 1). A packet id means
-    /// something only on its own connection: see [`write_acks`].
+    /// something only on its own connection: see [`Acks::write`].
     connection: u64,
 }
 
@@ -143,8 +143,12 @@ impl MqttSource {
         network.set_connection_timeout(config.connect_timeout.as_secs().max(1));
         eventloop.set_network_options(network);
 
-        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<AckToken>();
-        let write_deadline = config.connect_timeout.max(Duration::from_secs(1));
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel::<AckToken>();
+        let mut acks = Acks {
+            rx: ack_rx,
+            deadline: config.connect_timeout.max(Duration::from_secs(1)),
+            source: name.clone(),
+        };
 
         let filters: Vec<SubscribeFilter> = config
             .subscriptions
@@ -190,17 +194,9 @@ impl MqttSource {
             let pacing = will_read && read_after > tokio::time::Instant::now();
             let event = tokio::select! {
                 biased;
-                Some(first) = ack_rx.recv(), if can_ack => {
+                Some(first) = acks.rx.recv(), if can_ack => {
                     let window_was_full = unacked >= usize::from(config.inflight);
-                    let sent = write_acks(
-                        &mut eventloop,
-                        connection,
-                        first,
-                        &mut ack_rx,
-                        write_deadline,
-                        &name,
-                    )
-                    .await;
+                    let sent = acks.write(&mut eventloop, connection, first).await;
                     unacked = unacked.saturating_sub(sent);
                     // The broker sends the next window only now: reading it must not wait
                     // out a pace, or one connection would carry a window per pace.
@@ -371,17 +367,9 @@ impl MqttSource {
                 let can_ack = eventloop.network.is_some();
                 tokio::select! {
                     biased;
-                    token = ack_rx.recv(), if can_ack => match token {
+                    token = acks.rx.recv(), if can_ack => match token {
                         Some(first) => {
-                            write_acks(
-                                &mut eventloop,
-                                connection,
-                                first,
-                                &mut ack_rx,
-                                write_deadline,
-                                &name,
-                            )
-                            .await;
+                            acks.write(&mut eventloop, connection, first).await;
                         }
                         None => break,
                     },
@@ -472,60 +460,69 @@ fn handle_publish(
     }
 }
 
-/// Writes `first` and every PUBACK already waiting behind it (up to
-/// [`MAX_ACKS_PER_WRITE`] taken from the channel), in commit order, then flushes once.
-/// A write that fails or does not finish in time drops the connection: the next `poll`
-/// connects again and the broker delivers what was left unacknowledged (the session is
-/// persistent). Returns how many PUBACKs it wrote.
-///
-/// Messages of an earlier connection are not acknowledged on this one: the broker has
-/// delivered them again on it under the same packet ids, and those copies are
-/// acknowledged after their own commit. Acknowledging both would answer, with the second
-/// PUBACK, whatever the broker had sent under that packet id in between, before it was
-/// stored.
-async fn write_acks(
-    eventloop: &mut EventLoop,
-    connection: u64,
-    first: AckToken,
-    rx: &mut mpsc::UnboundedReceiver<AckToken>,
+/// The acknowledgements of committed messages, as the writer hands them back.
+struct Acks {
+    rx: mpsc::UnboundedReceiver<AckToken>,
+    /// For one write of PUBACKs and its flush.
     deadline: Duration,
-    name: &str,
-) -> usize {
-    let Some(network) = eventloop.network.as_mut() else {
-        return 0;
-    };
-    let (mut taken, mut written) = (1, 0);
-    let mut next = Some(first);
-    let result = tokio::time::timeout(deadline, async {
-        while let Some(token) = next.take() {
-            if token.connection == connection {
-                network
-                    .write(Packet::PubAck(PubAck::new(token.pkid)))
-                    .await?;
-                written += 1;
+    source: String,
+}
+
+impl Acks {
+    /// Writes `first` and every PUBACK already waiting behind it (up to
+    /// [`MAX_ACKS_PER_WRITE`] taken from the channel), in commit order, then flushes once.
+    /// A write that fails or does not finish in time drops the connection: the next `poll`
+    /// connects again and the broker delivers what was left unacknowledged (the session is
+    /// persistent). Returns how many PUBACKs it wrote.
+    ///
+    /// Messages of an earlier connection are not acknowledged on this one: the broker has
+    /// delivered them again on it under the same packet ids, and those copies are
+    /// acknowledged after their own commit. Acknowledging both would answer, with the
+    /// second PUBACK, whatever the broker had sent under that packet id in between,
+    /// before it was stored.
+    async fn write(
+        &mut self,
+        eventloop: &mut EventLoop,
+        connection: u64,
+        first: AckToken,
+    ) -> usize {
+        let (rx, deadline, name) = (&mut self.rx, self.deadline, &self.source);
+        let Some(network) = eventloop.network.as_mut() else {
+            return 0;
+        };
+        let (mut taken, mut written) = (1, 0);
+        let mut next = Some(first);
+        let result = tokio::time::timeout(deadline, async {
+            while let Some(token) = next.take() {
+                if token.connection == connection {
+                    network
+                        .write(Packet::PubAck(PubAck::new(token.pkid)))
+                        .await?;
+                    written += 1;
+                }
+                if taken < MAX_ACKS_PER_WRITE {
+                    next = rx.try_recv().ok();
+                    taken += usize::from(next.is_some());
+                }
             }
-            if taken < MAX_ACKS_PER_WRITE {
-                next = rx.try_recv().ok();
-                taken += usize::from(next.is_some());
+            if written > 0 {
+                network.flush().await?;
             }
-        }
-        if written > 0 {
-            network.flush().await?;
-        }
-        Ok::<(), rumqttc::StateError>(())
-    })
-    .await;
-    let failure = match result {
-        Ok(Ok(())) => return written,
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => format!("no progress in {deadline:?}"),
-    };
-    log::warn!(
-        "source {name}: cannot send acknowledgements ({failure}); reconnecting, the broker \
+            Ok::<(), rumqttc::StateError>(())
+        })
+        .await;
+        let failure = match result {
+            Ok(Ok(())) => return written,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no progress in {deadline:?}"),
+        };
+        log::warn!(
+            "source {name}: cannot send acknowledgements ({failure}); reconnecting, the broker \
          will deliver the unacknowledged messages again"
-    );
-    eventloop.clean();
-    written
+        );
+        eventloop.clean();
+        written
+    }
 }
 
 /// MQTT topic filter matching (`+` one level, `#` the rest).
