@@ -249,18 +249,7 @@ async fn after_a_dropped_connection_each_message_is_acknowledged_once_where_it_w
         "the broker delivered again what was in flight"
     );
     for connection in 1..=connections {
-        let mut outstanding = std::collections::BTreeSet::new();
-        for (_, packet) in seen.iter().filter(|(c, _)| *c == connection) {
-            match *packet {
-                mqtt_wire::Seen::Publish { pkid, .. } => {
-                    outstanding.insert(pkid);
-                }
-                mqtt_wire::Seen::PubAck { pkid } => assert!(
-                    outstanding.remove(&pkid),
-                    "connection {connection}: PUBACK {pkid} answers no message delivered on it and not yet acknowledged: {seen:?}"
-                ),
-            }
-        }
+        unacknowledged_on(&seen, connection);
     }
 }
 
@@ -271,13 +260,22 @@ fn publishes_on(seen: &[(u32, mqtt_wire::Seen)], connection: u32) -> usize {
         .count()
 }
 
-/// Packet ids delivered on `connection` and not acknowledged on it.
-fn unacknowledged_on(seen: &[(u32, mqtt_wire::Seen)], connection: u32) -> Vec<u16> {
-    let mut outstanding = Vec::new();
+/// Packet ids delivered on `connection` and not acknowledged on it. Fails the test on a
+/// PUBACK that answers no message delivered on that connection and not yet acknowledged.
+fn unacknowledged_on(
+    seen: &[(u32, mqtt_wire::Seen)],
+    connection: u32,
+) -> std::collections::BTreeSet<u16> {
+    let mut outstanding = std::collections::BTreeSet::new();
     for (_, packet) in seen.iter().filter(|(c, _)| *c == connection) {
         match *packet {
-            mqtt_wire::Seen::Publish { pkid, .. } => outstanding.push(pkid),
-            mqtt_wire::Seen::PubAck { pkid } => outstanding.retain(|p| *p != pkid),
+            mqtt_wire::Seen::Publish { pkid, .. } => {
+                outstanding.insert(pkid);
+            }
+            mqtt_wire::Seen::PubAck { pkid } => assert!(
+                outstanding.remove(&pkid),
+                "connection {connection}: PUBACK {pkid} answers no message delivered on it and not yet acknowledged: {seen:?}"
+            ),
         }
     }
     outstanding
