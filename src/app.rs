@@ -160,6 +160,10 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
         ),
         None => log::info!("ready"),
     }
+    match crate::ops::memory::release_code_pages() {
+        Ok(bytes) => log::debug!("gave back {} KiB of start-up code pages", bytes / 1024),
+        Err(e) => log::debug!("cannot give back start-up code pages: {e}"),
+    }
 
     let mut running_config = config;
     let mut signals = Signals::new(limits.duration)?;
