@@ -10,9 +10,9 @@
 //!   `TG_QOS` 0 or 1 (1), `TG_MODEL` 0 or 1 (1), `TG_WORKERS` (the daemon's
 //!   `gateway.worker_threads`, default one per core), `TG_COMMIT_SPACING` (the daemon's
 //!   `store.commit_spacing`, default its own), `TG_LINGER` and `TG_MAX_RECORDS` (the HTTP
-//!   uplink's `linger` and `max_records`, default 100ms and 1000), `TG_TICK_MS` (10: the publishers send a
-//!   tick's worth at once every 10 ms; 1 spreads the messages out as independent devices
-//!   would), `TG_MODEL_FILE` (another ONNX model for the same pumps);
+//!   uplink's `linger` and `max_records`, default tidegate's own), `TG_TICK_MS` (10: the
+//!   publishers send a tick's worth at once every 10 ms; 1 spreads the messages out as
+//!   independent devices would), `TG_MODEL_FILE` (another ONNX model for the same pumps);
 //! - `TG_FIND_MAX=1`: raises the rate until a run delivers less than 99.9% or its p99 is
 //!   2 s or more, and reports the highest rate that passed.
 
@@ -82,6 +82,19 @@ fn sample_anonymous_memory(
     })
 }
 
+/// The HTTP uplink's batching: tidegate's defaults unless `TG_MAX_RECORDS` or `TG_LINGER`
+/// set it, so the figures are what an installed gateway does.
+fn batching() -> String {
+    let mut lines = String::new();
+    if let Ok(max_records) = std::env::var("TG_MAX_RECORDS") {
+        lines.push_str(&format!("max_records = {max_records}\n"));
+    }
+    if let Ok(linger) = std::env::var("TG_LINGER") {
+        lines.push_str(&format!("linger = \"{linger}\"\n"));
+    }
+    lines
+}
+
 fn config(dir: &Path, port: u16, url: &str, load: Load) -> PathBuf {
     let model = std::env::var_os("TG_MODEL_FILE")
         .map(PathBuf::from)
@@ -113,14 +126,11 @@ timestamp_field = "ts"
 [[uplinks.http]]
 name = "cloud"
 url = "{url}"
-max_records = {max_records}
-linger = "{linger}"
-backoff_min = "50ms"
+{batching}backoff_min = "50ms"
 backoff_max = "500ms"
 "#,
             qos = load.qos,
-            max_records = std::env::var("TG_MAX_RECORDS").unwrap_or_else(|_| "1000".into()),
-            linger = std::env::var("TG_LINGER").unwrap_or_else(|_| "100ms".into()),
+            batching = batching(),
         ),
     );
     // A summary every 10 s, as a production gateway would log (rather than every second).
