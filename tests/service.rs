@@ -34,6 +34,27 @@ async fn collect(socket: &UnixDatagram, for_how_long: Duration, into: &mut Vec<(
     }
 }
 
+/// Two simulated pumps every 50 ms, delivered to a file uplink at `path`.
+fn plant_to_file(dir: &std::path::Path, path: &std::path::Path) -> std::path::PathBuf {
+    write_test_config(
+        dir,
+        &format!(
+            r#"
+[[sources.simulated]]
+name = "plant"
+devices = 2
+interval = "50ms"
+
+[[uplinks.file]]
+name = "archive"
+path = "{}"
+linger = "100ms"
+"#,
+            path.display()
+        ),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watchdog_is_pinged_only_while_every_stage_makes_progress() {
     let dir = tempfile::tempdir().unwrap();
@@ -47,23 +68,7 @@ async fn the_watchdog_is_pinged_only_while_every_stage_makes_progress() {
             .unwrap()
             .success()
     );
-    let config = write_test_config(
-        dir.path(),
-        &format!(
-            r#"
-[[sources.simulated]]
-name = "plant"
-devices = 2
-interval = "50ms"
-
-[[uplinks.file]]
-name = "archive"
-path = "{}"
-linger = "100ms"
-"#,
-            fifo.display()
-        ),
-    );
+    let config = plant_to_file(dir.path(), &fifo);
     let log_path = dir.path().join("tidegate.log");
     let log_file = std::fs::File::create(&log_path).unwrap();
     // systemd sets WATCHDOG_PID to the service's pid; `exec` keeps the shell's.
@@ -158,23 +163,7 @@ linger = "100ms"
 async fn once_ready_the_start_up_code_is_given_back_and_the_daemon_runs_on() {
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("archive.ndjson");
-    let config = write_test_config(
-        dir.path(),
-        &format!(
-            r#"
-[[sources.simulated]]
-name = "plant"
-devices = 2
-interval = "50ms"
-
-[[uplinks.file]]
-name = "archive"
-path = "{}"
-linger = "50ms"
-"#,
-            archive.display()
-        ),
-    );
+    let config = plant_to_file(dir.path(), &archive);
     let mut daemon = Daemon::start(&config, &dir.path().join("tidegate.log"));
     let given_back_kib = |text: &str| {
         text.lines()
