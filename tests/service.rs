@@ -210,31 +210,9 @@ async fn once_ready_the_start_up_code_is_given_back_and_the_daemon_runs_on() {
 /// wrote), from smaps.
 fn binary_resident_kib(pid: u32) -> u64 {
     let binary = std::fs::canonicalize(daemon_binary()).unwrap();
-    let binary = binary.to_str().unwrap();
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
-    let mut in_binary = false;
-    let mut total: i64 = 0;
-    for line in smaps.lines() {
-        let mut words = line.split_whitespace();
-        match words.next() {
-            Some(first) if first.contains('-') && !first.ends_with(':') => {
-                in_binary = line.trim_end().ends_with(binary);
-            }
-            // Pages of the file; the written (anonymous) ones stay where they are.
-            Some("Rss:") if in_binary => {
-                total += words
-                    .next()
-                    .and_then(|v| v.parse::<i64>().ok())
-                    .unwrap_or(0);
-            }
-            Some("Anonymous:") if in_binary => {
-                total -= words
-                    .next()
-                    .and_then(|v| v.parse::<i64>().ok())
-                    .unwrap_or(0);
-            }
-            _ => {}
-        }
-    }
-    total.max(0) as u64
+    tidegate::ops::memory::mappings(&smaps)
+        .filter(|m| m.path == binary.to_str())
+        .map(|m| m.resident_kib.saturating_sub(m.anonymous_kib))
+        .sum()
 }

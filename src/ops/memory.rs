@@ -2,7 +2,7 @@
 //!
 //! Loading a config, a model and TLS roots runs code that is never needed again, and the
 //! kernel maps a running binary's code in large pieces (64 KiB around each fault, whole
-//! folios where the page cache holds them): after start-up most of the 20 MB binary is
+//! folios where the page cache holds them): after start-up most of the 24 MB binary is
 //! counted in the daemon's resident memory although a few MiB of it are in use. Those are
 //! clean pages of the file, so unmapping them is free: the page cache keeps them and the
 //! code that does run faults its pages back in. What stays resident is then the code the
@@ -44,17 +44,19 @@ pub fn release_code_pages() -> std::io::Result<u64> {
     Ok(0)
 }
 
+/// One mapping of a process, as `/proc/<pid>/smaps` describes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Mapping<'a> {
-    start: usize,
-    end: usize,
-    writable: bool,
-    private: bool,
-    path: Option<&'a str>,
-    resident_kib: u64,
+pub struct Mapping<'a> {
+    pub start: usize,
+    pub end: usize,
+    pub writable: bool,
+    pub private: bool,
+    /// The file mapped; `None` for anonymous memory, the heap and the stacks.
+    pub path: Option<&'a str>,
+    pub resident_kib: u64,
     /// Pages written since they were mapped (relocations, the RELRO region): these exist
     /// only in memory and would be lost.
-    anonymous_kib: u64,
+    pub anonymous_kib: u64,
 }
 
 impl Mapping<'_> {
@@ -69,7 +71,7 @@ impl Mapping<'_> {
 
 /// The mappings of a `/proc/<pid>/smaps` text, in order. A mapping whose header cannot be
 /// read ends the walk: nothing after it is trusted.
-fn mappings(smaps: &str) -> impl Iterator<Item = Mapping<'_>> {
+pub fn mappings(smaps: &str) -> impl Iterator<Item = Mapping<'_>> {
     let mut lines = smaps.lines().peekable();
     std::iter::from_fn(move || {
         let header = lines.next()?;

@@ -1,6 +1,7 @@
 //! Running as a service: logging (journald or stderr), the counters every stage updates,
 //! the periodic summary line, systemd notification, the operator's `buffer` commands, and
-//! giving back start-up code pages. Owns no data path: a failure here never stops samples from flowing.
+//! giving back start-up code pages. Owns no data path: a failure here never stops samples
+//! from flowing.
 
 pub mod buffer;
 pub mod health;
