@@ -87,6 +87,10 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
         committed: committed_rx,
         ingest: Some(ingest_tx),
     };
+    // Before the first source starts: from then on a SIGTERM must drain, not kill. Taken
+    // later (it was after READY=1), a stop sent as soon as systemd saw the daemon ready
+    // found no handler and killed it mid-commit.
+    let mut signals = Signals::new(limits.duration)?;
     // Builds every source and uplink before starting any: a set-up error starts nothing.
     let mut supervisor = supervise::Supervisor::default();
     supervisor.start_all(&shared, &config)?;
@@ -166,7 +170,6 @@ pub async fn run(config: Config, limits: RunLimits) -> Result<Arc<Stats>, AppErr
     }
 
     let mut running_config = config;
-    let mut signals = Signals::new(limits.duration)?;
     loop {
         match signals.next().await {
             Event::Stop => break,

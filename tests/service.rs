@@ -1,7 +1,8 @@
 //! systemd integration with the real daemon and a real notification socket: READY and
 //! STATUS, and the watchdog — pinged while every stage makes progress, not pinged while
 //! one is stuck (here an uplink writing to a FIFO nobody reads, as a file on a hung mount
-//! would), pinged again once it moves. And the start-up code pages given back once ready.
+//! would), pinged again once it moves. A stop sent the moment READY is seen, handled. And
+//! the start-up code pages given back once ready.
 
 mod support;
 
@@ -204,6 +205,73 @@ async fn once_ready_the_start_up_code_is_given_back_and_the_daemon_runs_on() {
         "{resident_kib} KiB of the binary's file pages resident while running, {given_back} KiB were given back"
     );
     assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// systemd may send the stop as soon as it reads READY=1 (`systemctl restart` right
+/// after a start, a failed `ExecStartPost`). The daemon must already be listening for it
+/// then: drain and exit 0, not die of the signal's default action mid-commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_sent_the_moment_ready_is_reported_stops_the_daemon_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = plant_to_file(dir.path(), &dir.path().join("archive.ndjson"));
+    for attempt in 0..3 {
+        let socket_path = dir.path().join(format!("notify-{attempt}.sock"));
+        let socket = UnixDatagram::bind(&socket_path).unwrap();
+        let log_path = dir.path().join(format!("tidegate-{attempt}.log"));
+        let mut child = Killed(
+            std::process::Command::new(daemon_binary())
+                .args(["run", "-c"])
+                .arg(&config)
+                .env("NOTIFY_SOCKET", &socket_path)
+                .env("TIDEGATE_LOG", "info")
+                .stderr(std::fs::File::create(&log_path).unwrap())
+                .spawn()
+                .unwrap(),
+        );
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = tokio::time::timeout(Duration::from_secs(20), socket.recv(&mut buf))
+                .await
+                .expect("READY=1 within 20 s")
+                .unwrap();
+            if String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .any(|l| l == "READY=1")
+            {
+                break;
+            }
+        }
+        let pid = child.0.id();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = wait_exit(&mut child.0, Duration::from_secs(20)).await;
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "attempt {attempt}: {status:?} (a signal, were the stop not handled yet)\n{log}"
+        );
+        assert!(log.contains("SIGTERM received"), "{log}");
+    }
+}
+
+async fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process::ExitStatus {
+    let until = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < until,
+            "the daemon did not exit within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Resident KiB of the daemon binary's file pages (not the libraries', not the pages it
