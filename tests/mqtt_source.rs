@@ -1,5 +1,6 @@
 //! The MQTT source against a real mosquitto: TLS with a private CA and a password, a
-//! wrong password, and a broker restart that loses the session.
+//! wrong password, a broker restart that loses the session, and connections cut with
+//! messages in flight.
 
 mod support;
 
@@ -279,4 +280,147 @@ fn unacknowledged_on(
         }
     }
     outstanding
+}
+
+/// The source counts the QoS 1 messages it holds unacknowledged so that the one filling
+/// the broker's window is committed at once. A connection cut with part of a window in
+/// flight must not leave that count behind: on the next connection the broker's window
+/// starts empty (it delivers the cut-off messages again inside it), and a count carried
+/// over would fire the early commit before the window is full, every window, and leave
+/// the rest of each waiting out the commit spacing (1 s here). The devices send 20 rounds
+/// of one window, each round only once the last has arrived: committed when each window
+/// fills, the rounds take about 4 s here; waiting out the spacing, over 20 s (22 s with
+/// the count carried over).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_cut_halfway_fills_and_commits_at_once_on_the_next_connection() {
+    const INFLIGHT: u64 = 10;
+    const ROUNDS: u64 = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let mqtt = Mosquitto::start_with_inflight(INFLIGHT as u16);
+    let wire = mqtt_wire::MqttWire::start(mqtt.port).await;
+    let backend = Backend::start(Box::new(|_| 200)).await;
+    let config = mqtt_config(
+        dir.path(),
+        &backend.url,
+        &format!("port = {}\ninflight = {INFLIGHT}\n", wire.port),
+    );
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[store]\ncommit_spacing = \"1s\"\n");
+    std::fs::write(&config, text).unwrap();
+    let mut daemon = Daemon::start(&config, &dir.path().join("tidegate.log"));
+    let subscribed = |daemon: &Daemon| daemon.log_text().matches("subscribed to sensors/#").count();
+    wait_until("the subscription", Duration::from_secs(20), || {
+        subscribed(&daemon) == 1
+    })
+    .await;
+    let publisher = Publisher::connect(mqtt.port, "sensor-sim").await;
+    let distinct = |backend: &Backend| {
+        backend
+            .delivered()
+            .iter()
+            .filter_map(|r| r["fields"]["n"].as_u64())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len() as u64
+    };
+    let mut sent = 0u64;
+    let publish = async |n: &mut u64, count: u64| {
+        for _ in 0..count {
+            publisher
+                .publish("sensors/a", format!("{{\"id\": \"s\", \"n\": {n}}}"))
+                .await;
+            *n += 1;
+        }
+    };
+
+    // After a quiet spell the first message commits at once; the next ones wait out the
+    // spacing, and the connection is cut meanwhile. A cut that came too late (after
+    // their commit) is tried again, up to five times.
+    let mut connection = 1u32;
+    let cut_off = 4;
+    loop {
+        publish(&mut sent, 1).await;
+        wait_until("the first message stored", Duration::from_secs(20), || {
+            distinct(&backend) == sent
+        })
+        .await;
+        let before = publishes_on(&wire.seen(), connection);
+        publish(&mut sent, cut_off).await;
+        wait_until(
+            "part of a window on the wire",
+            Duration::from_secs(20),
+            || publishes_on(&wire.seen(), connection) == before + cut_off as usize,
+        )
+        .await;
+        wire.cut_all();
+        let in_flight = unacknowledged_on(&wire.seen(), connection).len();
+        connection += 1;
+        wait_until("the next connection", Duration::from_secs(20), || {
+            subscribed(&daemon) == connection as usize
+        })
+        .await;
+        if in_flight == cut_off as usize {
+            break;
+        }
+        assert!(connection <= 5, "no cut came with the messages in flight");
+        wait_until(
+            "the cut-off messages stored",
+            Duration::from_secs(20),
+            || distinct(&backend) == sent,
+        )
+        .await;
+    }
+
+    // The broker delivers the cut-off messages again on the new connection; with these
+    // the first round fills its window. The messages go one at a time, each once the
+    // last is on the wire, so that each reaches the store on its own: in a burst the
+    // whole window would join whichever commit came first.
+    wait_until(
+        "the cut-off messages delivered again",
+        Duration::from_secs(20),
+        || publishes_on(&wire.seen(), connection) == cut_off as usize,
+    )
+    .await;
+    let started = std::time::Instant::now();
+    for round in 0..ROUNDS {
+        let count = if round == 0 {
+            INFLIGHT - cut_off
+        } else {
+            INFLIGHT
+        };
+        for _ in 0..count {
+            let before = publishes_on(&wire.seen(), connection);
+            publish(&mut sent, 1).await;
+            // Polled tightly: `wait_until`'s pace would add 50 ms to every message.
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while publishes_on(&wire.seen(), connection) == before {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the message never reached the wire"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        wait_until("the window stored", Duration::from_secs(30), || {
+            distinct(&backend) == sent
+        })
+        .await;
+    }
+    let took = started.elapsed();
+    eprintln!("{ROUNDS} windows after the cut took {took:?}");
+    assert!(
+        took < Duration::from_secs(12),
+        "each window committed when it filled, not a spacing later: took {took:?}"
+    );
+    // Shutdown commits what is pending and sends its acknowledgements.
+    assert_eq!(daemon.terminate(), Some(0));
+    let seen = wire.seen();
+    assert_eq!(
+        publishes_on(&seen, connection),
+        (ROUNDS * INFLIGHT) as usize,
+        "the last connection carried the cut-off messages again and every round: {seen:?}"
+    );
+    assert!(
+        unacknowledged_on(&seen, connection).is_empty(),
+        "every message of the last connection was acknowledged on it: {seen:?}"
+    );
 }
