@@ -169,27 +169,8 @@ async fn after_a_broker_restart_it_reconnects_and_resubscribes() {
 async fn after_a_dropped_connection_each_message_is_acknowledged_once_where_it_was_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let mqtt = Mosquitto::start();
-    let wire = mqtt_wire::MqttWire::start(mqtt.port).await;
-    let backend = Backend::start(Box::new(|_| 200)).await;
-    let config = mqtt_config(dir.path(), &backend.url, &format!("port = {}\n", wire.port));
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str("\n[store]\ncommit_spacing = \"1s\"\n");
-    std::fs::write(&config, text).unwrap();
-    let mut daemon = Daemon::start(&config, &dir.path().join("tidegate.log"));
-    let subscribed = |daemon: &Daemon| daemon.log_text().matches("subscribed to sensors/#").count();
-    wait_until("the subscription", Duration::from_secs(20), || {
-        subscribed(&daemon) == 1
-    })
-    .await;
+    let (wire, backend, mut daemon) = behind_a_wire(dir.path(), &mqtt, "").await;
     let publisher = Publisher::connect(mqtt.port, "sensor-sim").await;
-    let distinct = |backend: &Backend| {
-        backend
-            .delivered()
-            .iter()
-            .filter_map(|r| r["fields"]["n"].as_u64())
-            .collect::<std::collections::BTreeSet<_>>()
-            .len()
-    };
     let mut sent = 0;
     let mut cuts_with_messages_in_flight = 0;
     for attempt in 1..=5 {
@@ -254,6 +235,47 @@ async fn after_a_dropped_connection_each_message_is_acknowledged_once_where_it_w
     }
 }
 
+/// A daemon subscribed to `sensors/#` through a [`mqtt_wire::MqttWire`] in front of
+/// `mqtt`, with commits 1 s apart (after a quiet spell the first commits at once), and
+/// the backend it delivers to. `source` lands in the `[[sources.mqtt]]` table.
+async fn behind_a_wire(
+    dir: &std::path::Path,
+    mqtt: &Mosquitto,
+    source: &str,
+) -> (mqtt_wire::MqttWire, Backend, Daemon) {
+    let wire = mqtt_wire::MqttWire::start(mqtt.port).await;
+    let backend = Backend::start(Box::new(|_| 200)).await;
+    let config = mqtt_config(
+        dir,
+        &backend.url,
+        &format!("port = {}\n{source}", wire.port),
+    );
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[store]\ncommit_spacing = \"1s\"\n");
+    std::fs::write(&config, text).unwrap();
+    let daemon = Daemon::start(&config, &dir.join("tidegate.log"));
+    wait_until("the subscription", Duration::from_secs(20), || {
+        subscribed(&daemon) == 1
+    })
+    .await;
+    (wire, backend, daemon)
+}
+
+/// How many times the daemon has subscribed, one per connection.
+fn subscribed(daemon: &Daemon) -> usize {
+    daemon.log_text().matches("subscribed to sensors/#").count()
+}
+
+/// Distinct messages (by their `n`) the backend has received.
+fn distinct(backend: &Backend) -> usize {
+    backend
+        .delivered()
+        .iter()
+        .filter_map(|r| r["fields"]["n"].as_u64())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+}
+
 /// QoS 1 messages the broker delivered on `connection`.
 fn publishes_on(seen: &[(u32, mqtt_wire::Seen)], connection: u32) -> usize {
     seen.iter()
@@ -297,33 +319,11 @@ async fn a_window_cut_halfway_fills_and_commits_at_once_on_the_next_connection()
     const ROUNDS: u64 = 20;
     let dir = tempfile::tempdir().unwrap();
     let mqtt = Mosquitto::start_with_inflight(INFLIGHT as u16);
-    let wire = mqtt_wire::MqttWire::start(mqtt.port).await;
-    let backend = Backend::start(Box::new(|_| 200)).await;
-    let config = mqtt_config(
-        dir.path(),
-        &backend.url,
-        &format!("port = {}\ninflight = {INFLIGHT}\n", wire.port),
-    );
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str("\n[store]\ncommit_spacing = \"1s\"\n");
-    std::fs::write(&config, text).unwrap();
-    let mut daemon = Daemon::start(&config, &dir.path().join("tidegate.log"));
-    let subscribed = |daemon: &Daemon| daemon.log_text().matches("subscribed to sensors/#").count();
-    wait_until("the subscription", Duration::from_secs(20), || {
-        subscribed(&daemon) == 1
-    })
-    .await;
+    let (wire, backend, mut daemon) =
+        behind_a_wire(dir.path(), &mqtt, &format!("inflight = {INFLIGHT}\n")).await;
     let publisher = Publisher::connect(mqtt.port, "sensor-sim").await;
-    let distinct = |backend: &Backend| {
-        backend
-            .delivered()
-            .iter()
-            .filter_map(|r| r["fields"]["n"].as_u64())
-            .collect::<std::collections::BTreeSet<_>>()
-            .len() as u64
-    };
-    let mut sent = 0u64;
-    let publish = async |n: &mut u64, count: u64| {
+    let mut sent = 0usize;
+    let publish = async |n: &mut usize, count: u64| {
         for _ in 0..count {
             publisher
                 .publish("sensors/a", format!("{{\"id\": \"s\", \"n\": {n}}}"))
