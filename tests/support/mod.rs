@@ -29,15 +29,26 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Polls `check` until it returns true or `timeout` passes.
-pub async fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+/// Polls `check` every 50 ms until it returns true or `timeout` passes.
+pub async fn wait_until(what: &str, timeout: Duration, check: impl FnMut() -> bool) {
+    wait_until_every(Duration::from_millis(50), what, timeout, check).await
+}
+
+/// [`wait_until`] at a pace of the caller's: a test that waits once per message cannot
+/// afford 50 ms a wait.
+pub async fn wait_until_every(
+    pace: Duration,
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> bool,
+) {
     let start = Instant::now();
     while !check() {
         assert!(
             start.elapsed() < timeout,
             "timed out after {timeout:?} waiting for {what}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(pace).await;
     }
 }
 
