@@ -358,6 +358,10 @@ impl ReceivedBatch {
     }
 }
 
+fn by_index(script: Script) -> SizedScript {
+    Box::new(move |index, _records| script(index))
+}
+
 /// Decides the status of each request from its 0-based index.
 /// The status to answer the n-th request with. [`RESET_AFTER_COMMIT`] keeps the batch
 /// (it counts as delivered) and then drops the connection without an answer.
@@ -367,10 +371,13 @@ pub type Script = Box<dyn Fn(usize) -> u16 + Send + Sync>;
 /// before the response is written — the case idempotency keys exist for.
 pub const RESET_AFTER_COMMIT: u16 = 999;
 
+/// Like [`Script`], from the request's 0-based index and the number of records it carries.
+pub type SizedScript = Box<dyn Fn(usize, usize) -> u16 + Send + Sync>;
+
 pub struct Backend {
     pub url: String,
     requests: Arc<Mutex<Vec<ReceivedBatch>>>,
-    script: Arc<Mutex<Script>>,
+    script: Arc<Mutex<SizedScript>>,
     retry_after: Arc<Mutex<Option<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -378,7 +385,7 @@ pub struct Backend {
 #[derive(Clone)]
 struct BackendState {
     requests: Arc<Mutex<Vec<ReceivedBatch>>>,
-    script: Arc<Mutex<Script>>,
+    script: Arc<Mutex<SizedScript>>,
     retry_after: Arc<Mutex<Option<String>>>,
 }
 
@@ -414,7 +421,8 @@ impl BackendState {
         let body: serde_json::Value =
             serde_json::from_str(&json).unwrap_or(serde_json::Value::Null);
         let mut all = self.requests.lock().unwrap();
-        let status = (self.script.lock().unwrap())(all.len());
+        let records = body["records"].as_array().map_or(0, Vec::len);
+        let status = (self.script.lock().unwrap())(all.len(), records);
         all.push(ReceivedBatch {
             at: Instant::now(),
             received_ms: tidegate::sample::now_ms(),
@@ -443,15 +451,20 @@ impl BackendState {
 
 impl Backend {
     pub async fn start(script: Script) -> Backend {
+        Backend::start_with(by_index(script), None).await
+    }
+
+    /// A backend whose answers also depend on how many records a request carries.
+    pub async fn start_sized(script: SizedScript) -> Backend {
         Backend::start_with(script, None).await
     }
 
     /// An HTTPS backend; its URL uses the host name `localhost`.
     pub async fn start_tls(script: Script, tls: Arc<rustls::ServerConfig>) -> Backend {
-        Backend::start_with(script, Some(tokio_rustls::TlsAcceptor::from(tls))).await
+        Backend::start_with(by_index(script), Some(tokio_rustls::TlsAcceptor::from(tls))).await
     }
 
-    async fn start_with(script: Script, tls: Option<tokio_rustls::TlsAcceptor>) -> Backend {
+    async fn start_with(script: SizedScript, tls: Option<tokio_rustls::TlsAcceptor>) -> Backend {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let url = match tls {
@@ -509,7 +522,7 @@ impl Backend {
     }
 
     pub fn set_script(&self, script: Script) {
-        *self.script.lock().unwrap() = script;
+        *self.script.lock().unwrap() = by_index(script);
     }
 
     pub fn requests(&self) -> Vec<ReceivedBatch> {
