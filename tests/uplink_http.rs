@@ -87,11 +87,11 @@ async fn batches_too_large_for_the_backend_are_split_not_dropped() {
     // The first two requests of more than one record are answered 413 (a batch, then its
     // first half). A request of one record is answered 200: the uplink's first read at
     // start can find only the first record, and a single record too large is set aside.
-    let too_large_given = std::sync::atomic::AtomicUsize::new(0);
+    let multi_record_requests = std::sync::atomic::AtomicUsize::new(0);
     let backend = Backend::start_sized(Box::new(move |_, records| {
         use std::sync::atomic::Ordering::Relaxed;
-        if records > 1 && too_large_given.load(Relaxed) < 2 {
-            too_large_given.fetch_add(1, Relaxed);
+        // `&&` stops before counting a one-record request.
+        if records > 1 && multi_record_requests.fetch_add(1, Relaxed) < 2 {
             413
         } else {
             200

@@ -354,12 +354,13 @@ pub struct ReceivedBatch {
 
 impl ReceivedBatch {
     pub fn records(&self) -> Vec<serde_json::Value> {
-        self.body["records"].as_array().cloned().unwrap_or_default()
+        records_of(&self.body).to_vec()
     }
 }
 
-fn by_index(script: Script) -> SizedScript {
-    Box::new(move |index, _records| script(index))
+/// The `records` array of a batch body; empty when the body has none.
+fn records_of(body: &serde_json::Value) -> &[serde_json::Value] {
+    body["records"].as_array().map_or(&[], Vec::as_slice)
 }
 
 /// Decides the status of each request from its 0-based index.
@@ -373,6 +374,10 @@ pub const RESET_AFTER_COMMIT: u16 = 999;
 
 /// Like [`Script`], from the request's 0-based index and the number of records it carries.
 pub type SizedScript = Box<dyn Fn(usize, usize) -> u16 + Send + Sync>;
+
+fn by_index(script: Script) -> SizedScript {
+    Box::new(move |index, _records| script(index))
+}
 
 pub struct Backend {
     pub url: String,
@@ -421,7 +426,7 @@ impl BackendState {
         let body: serde_json::Value =
             serde_json::from_str(&json).unwrap_or(serde_json::Value::Null);
         let mut all = self.requests.lock().unwrap();
-        let records = body["records"].as_array().map_or(0, Vec::len);
+        let records = records_of(&body).len();
         let status = (self.script.lock().unwrap())(all.len(), records);
         all.push(ReceivedBatch {
             at: Instant::now(),
