@@ -1,6 +1,6 @@
 //! The MQTT source against a real mosquitto: TLS with a private CA and a password, a
-//! wrong password, a broker restart that loses the session, and connections cut with
-//! messages in flight.
+//! wrong password, a broker restart that loses the session, connections cut with
+//! messages in flight, and one cut in the middle of a write of acknowledgements.
 
 mod support;
 
@@ -233,6 +233,80 @@ async fn after_a_dropped_connection_each_message_is_acknowledged_once_where_it_w
     for connection in 1..=connections {
         unacknowledged_on(&seen, connection);
     }
+}
+
+/// The PUBACKs of one commit go out in one write. A connection that breaks in the middle
+/// of it leaves the broker with some of them and not the rest: it delivers the rest again
+/// on the next connection, where each is committed (a second copy: a duplicate, never a
+/// gap) and acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubacks_cut_off_in_the_middle_of_a_write_lose_nothing() {
+    const BURST: usize = 6;
+    const THROUGH: usize = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let mqtt = Mosquitto::start();
+    let (wire, backend, mut daemon) = behind_a_wire(dir.path(), &mqtt, "").await;
+    let publisher = Publisher::connect(mqtt.port, "sensor-sim").await;
+    let publish = async |n: usize| {
+        publisher
+            .publish("sensors/a", format!("{{\"id\": \"s\", \"n\": {n}}}"))
+            .await;
+    };
+    // After a quiet spell one message commits at once; the burst behind it then waits
+    // out the commit spacing (1 s) and commits, and is acknowledged, together.
+    publish(0).await;
+    wait_until("the first message stored", Duration::from_secs(20), || {
+        distinct(&backend) == 1
+    })
+    .await;
+    wait_until("its PUBACK on the wire", Duration::from_secs(20), || {
+        unacknowledged_on(&wire.seen(), 1).is_empty()
+    })
+    .await;
+    wire.cut_after_pubacks(THROUGH);
+    for n in 1..=BURST {
+        publish(n).await;
+    }
+    wait_until("the next connection", Duration::from_secs(30), || {
+        subscribed(&daemon) == 2
+    })
+    .await;
+    let first = wire.seen();
+    let left_over = unacknowledged_on(&first, 1);
+    assert_eq!(
+        left_over.len(),
+        BURST - THROUGH,
+        "the broker got {THROUGH} of the burst's {BURST} PUBACKs on the first connection: {first:?}"
+    );
+    wait_until("every message stored", Duration::from_secs(30), || {
+        distinct(&backend) == BURST + 1
+    })
+    .await;
+    // Shutdown commits what is pending and sends its acknowledgements.
+    assert_eq!(daemon.terminate(), Some(0));
+    let seen = wire.seen();
+    let again: Vec<u16> = seen
+        .iter()
+        .filter_map(|(c, s)| match s {
+            mqtt_wire::Seen::Publish { pkid, dup: true } if *c == 2 => Some(*pkid),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        again,
+        left_over.iter().copied().collect::<Vec<_>>(),
+        "the broker delivered again, on the second connection, just the messages it had no PUBACK for: {seen:?}"
+    );
+    assert!(
+        unacknowledged_on(&seen, 2).is_empty(),
+        "each was acknowledged on the second connection: {seen:?}"
+    );
+    let records = backend.delivered().len();
+    assert_eq!(
+        records,
+        BURST + 1 + left_over.len(),
+        "every message stored once, and the ones delivered again a second time"
+    );
 }
 
 /// A daemon subscribed to `sensors/#` through a [`mqtt_wire::MqttWire`] in front of

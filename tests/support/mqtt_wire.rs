@@ -1,6 +1,7 @@
 //! A TCP proxy between an MQTT client and the broker that reads the packets going each
 //! way, so a test can check what was acknowledged on which connection, and can drop every
-//! connection at once, like a network outage.
+//! connection at once, like a network outage, or in the middle of the client's
+//! acknowledgements.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,8 @@ pub struct MqttWire {
     /// Every packet seen, in order, with the number of the connection (from 1) it was on.
     pub seen: Arc<Mutex<Vec<(u32, Seen)>>>,
     cut: Arc<tokio::sync::Notify>,
+    /// PUBACKs still let through before every connection is dropped, once armed.
+    pubacks_before_cut: Arc<Mutex<Option<usize>>>,
 }
 
 impl MqttWire {
@@ -30,7 +33,8 @@ impl MqttWire {
         let broker: SocketAddr = ([127, 0, 0, 1], broker_port).into();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let cut = Arc::new(tokio::sync::Notify::new());
-        let (seen2, cut2) = (seen.clone(), cut.clone());
+        let pubacks_before_cut = Arc::new(Mutex::new(None));
+        let (seen2, cut2, armed2) = (seen.clone(), cut.clone(), pubacks_before_cut.clone());
         tokio::spawn(async move {
             let mut connection = 0u32;
             loop {
@@ -41,19 +45,41 @@ impl MqttWire {
                     continue;
                 };
                 connection += 1;
-                let (seen, cut) = (seen2.clone(), cut2.clone());
+                let (seen, cut, armed) = (seen2.clone(), cut2.clone(), armed2.clone());
                 tokio::spawn(async move {
                     let (client_read, client_write) = client.into_split();
                     let (broker_read, broker_write) = upstream.into_split();
+                    let upstream = Relay {
+                        connection,
+                        seen: seen.clone(),
+                        pubacks_before_cut: Some(armed),
+                    };
+                    let downstream = Relay {
+                        connection,
+                        seen,
+                        pubacks_before_cut: None,
+                    };
                     tokio::select! {
-                        _ = relay(client_read, broker_write, connection, seen.clone()) => {}
-                        _ = relay(broker_read, client_write, connection, seen) => {}
+                        _ = upstream.run(client_read, broker_write) => {}
+                        _ = downstream.run(broker_read, client_write) => {}
                         _ = cut.notified() => {}
                     }
                 });
             }
         });
-        MqttWire { port, seen, cut }
+        MqttWire {
+            port,
+            seen,
+            cut,
+            pubacks_before_cut,
+        }
+    }
+
+    /// Lets `count` more PUBACKs through to the broker, then drops the connection that
+    /// carries the next one, at the byte where it starts: the broker gets the first
+    /// `count` of a write of several and never the rest.
+    pub fn cut_after_pubacks(&self, count: usize) {
+        *self.pubacks_before_cut.lock().unwrap() = Some(count);
     }
 
     /// Drops every open connection, both ways.
@@ -66,29 +92,73 @@ impl MqttWire {
     }
 }
 
-/// Copies one direction, noting each QoS 1 PUBLISH and PUBACK as a whole packet passes.
-async fn relay(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
+/// One direction of one connection.
+struct Relay {
     connection: u32,
     seen: Arc<Mutex<Vec<(u32, Seen)>>>,
-) {
-    let mut pending: Vec<u8> = Vec::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        pending.extend_from_slice(&buf[..n]);
-        while let Some((packet, len)) = next_packet(&pending) {
-            if let Some(packet) = packet {
-                seen.lock().unwrap().push((connection, packet));
+    /// The client's direction: see [`MqttWire::cut_after_pubacks`].
+    pubacks_before_cut: Option<Arc<Mutex<Option<usize>>>>,
+}
+
+impl Relay {
+    /// Copies `from` to `to`, noting each QoS 1 PUBLISH and PUBACK as a whole packet
+    /// passes. Returns when either side closes, or at an armed cut.
+    async fn run(
+        self,
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+    ) {
+        let mut pending: Vec<u8> = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            // Bytes of earlier reads at the front of `pending`, already passed on.
+            let carried = pending.len();
+            pending.extend_from_slice(&buf[..n]);
+            let mut at = 0;
+            let mut cut_at = None;
+            while let Some((packet, len)) = next_packet(&pending[at..]) {
+                if matches!(packet, Some(Seen::PubAck { .. })) && self.cut_here() {
+                    cut_at = Some(at);
+                    break;
+                }
+                if let Some(packet) = packet {
+                    self.seen.lock().unwrap().push((self.connection, packet));
+                }
+                at += len;
             }
-            pending.drain(..len);
+            if let Some(cut_at) = cut_at {
+                // A PUBACK that began in an earlier read has its first bytes through
+                // already: the broker drops that part with the connection.
+                let _ = to.write_all(&buf[..cut_at.saturating_sub(carried)]).await;
+                return;
+            }
+            pending.drain(..at);
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
         }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
+    }
+
+    /// Counts one PUBACK down: true when it is the one the cut comes before.
+    fn cut_here(&self) -> bool {
+        let Some(armed) = &self.pubacks_before_cut else {
+            return false;
+        };
+        let mut armed = armed.lock().unwrap();
+        match *armed {
+            Some(0) => {
+                *armed = None;
+                true
+            }
+            Some(ref mut left) => {
+                *left -= 1;
+                false
+            }
+            None => false,
         }
     }
 }
