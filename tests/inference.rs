@@ -383,9 +383,19 @@ async fn sighup_puts_a_new_model_in_place_only_when_it_is_valid() {
     );
 }
 
-/// An ONNX model, written here, that loads and runs but scores every window +∞: the sum of
-/// the window divided by zero. Input `x` [N, 4, 2], output `score` [N].
-fn write_infinite_score_model(path: &Path) {
+/// How a model written by [`write_dividing_by_zero_model`] divides the window's sum by zero.
+#[derive(Clone, Copy, PartialEq)]
+enum ZeroDivision {
+    /// In floating point: every score is +∞.
+    Float,
+    /// In 64-bit integers, the sum taken of the window cast to integers: the engine
+    /// refuses the run with an error.
+    Integer,
+}
+
+/// An ONNX model, written here, that loads and divides the sum of each window by zero.
+/// Input `x` [N, 4, 2], output `score` [N].
+fn write_dividing_by_zero_model(path: &Path, division: ZeroDivision) {
     use prost::Message;
     use tract_onnx::pb;
     use tract_onnx::pb::tensor_shape_proto::{Dimension, dimension};
@@ -408,6 +418,12 @@ fn write_infinite_score_model(path: &Path) {
         })
     };
     let batch = dimension::Value::DimParam("N".into());
+    let to = |elem_type| pb::AttributeProto {
+        name: "to".into(),
+        r#type: 2, // INT
+        i: elem_type,
+        ..Default::default()
+    };
     let node = |op: &str, inputs: &[&str], output: &str, attribute| pb::NodeProto {
         op_type: op.into(),
         input: inputs.iter().map(|s| s.to_string()).collect(),
@@ -431,16 +447,28 @@ fn write_infinite_score_model(path: &Path) {
             r#type: dims(&[batch]),
             ..Default::default()
         }],
-        initializer: vec![pb::TensorProto {
-            name: "zero".into(),
-            data_type: 1,
-            float_data: vec![0.0],
-            ..Default::default()
+        initializer: vec![match division {
+            ZeroDivision::Float => pb::TensorProto {
+                name: "zero".into(),
+                data_type: 1, // FLOAT
+                float_data: vec![0.0],
+                ..Default::default()
+            },
+            ZeroDivision::Integer => pb::TensorProto {
+                name: "zero".into(),
+                data_type: 7, // INT64
+                int64_data: vec![0],
+                ..Default::default()
+            },
         }],
-        node: vec![
+        node: [
+            match division {
+                ZeroDivision::Float => node("Identity", &["x"], "summed", vec![]),
+                ZeroDivision::Integer => node("Cast", &["x"], "summed", vec![to(7)]),
+            },
             node(
                 "ReduceSum",
-                &["x"],
+                &["summed"],
                 "sum",
                 vec![
                     pb::AttributeProto {
@@ -457,8 +485,13 @@ fn write_infinite_score_model(path: &Path) {
                     },
                 ],
             ),
-            node("Div", &["sum", "zero"], "score", vec![]),
-        ],
+            node("Div", &["sum", "zero"], "quotient", vec![]),
+            match division {
+                ZeroDivision::Float => node("Identity", &["quotient"], "score", vec![]),
+                ZeroDivision::Integer => node("Cast", &["quotient"], "score", vec![to(1)]),
+            },
+        ]
+        .into(),
         ..Default::default()
     };
     let model = pb::ModelProto {
@@ -474,13 +507,13 @@ fn write_infinite_score_model(path: &Path) {
     std::fs::write(path, model.encode_to_vec()).unwrap();
 }
 
-/// A model that loads but scores nonsense at run time is switched off with an ERROR, and
-/// the samples keep flowing, unscored.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_model_scoring_non_finite_values_is_switched_off_and_the_data_keeps_flowing() {
+/// A model that loads but fails at run time (`division`: a nonsense score, or a run the
+/// engine refuses) is switched off with an ERROR giving `reason`, once, and the samples
+/// keep flowing, unscored.
+async fn a_model_failing_at_run_time_is_switched_off(division: ZeroDivision, reason: &str) {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("infinite.onnx");
-    write_infinite_score_model(&model);
+    write_dividing_by_zero_model(&model, division);
     let config = sim_config(dir.path(), &model.display().to_string());
     add_binding_keys(
         &config,
@@ -517,7 +550,7 @@ async fn a_model_scoring_non_finite_values_is_switched_off_and_the_data_keeps_fl
         .unwrap();
     eprintln!("{error}");
     assert!(
-        error.contains("the model returned a score that is not a finite number")
+        error.contains(reason)
             && error.contains("scoring switched off for this binding, raw data keeps flowing"),
         "{error}"
     );
@@ -531,4 +564,23 @@ async fn a_model_scoring_non_finite_values_is_switched_off_and_the_data_keeps_fl
         records.iter().all(|r| r.get("anomaly").is_none()),
         "no sample carries the nonsense score"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_scoring_non_finite_values_is_switched_off_and_the_data_keeps_flowing() {
+    a_model_failing_at_run_time_is_switched_off(
+        ZeroDivision::Float,
+        "the model returned a score that is not a finite number",
+    )
+    .await;
+}
+
+/// An integer division by zero: tract stops the run with an error, which names the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_run_that_fails_is_switched_off_and_the_data_keeps_flowing() {
+    a_model_failing_at_run_time_is_switched_off(
+        ZeroDivision::Integer,
+        "\"quotient\" Div: Division by zero",
+    )
+    .await;
 }
