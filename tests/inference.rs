@@ -384,7 +384,7 @@ async fn sighup_puts_a_new_model_in_place_only_when_it_is_valid() {
 }
 
 /// How a model written by [`write_dividing_by_zero_model`] divides the window's sum by zero.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum ZeroDivision {
     /// In floating point: every score is +∞.
     Float,
@@ -512,7 +512,7 @@ fn write_dividing_by_zero_model(path: &Path, division: ZeroDivision) {
 /// keep flowing, unscored.
 async fn a_model_failing_at_run_time_is_switched_off(division: ZeroDivision, reason: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("infinite.onnx");
+    let model = dir.path().join("dividing-by-zero.onnx");
     write_dividing_by_zero_model(&model, division);
     let config = sim_config(dir.path(), &model.display().to_string());
     add_binding_keys(

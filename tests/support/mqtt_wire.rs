@@ -22,8 +22,17 @@ pub struct MqttWire {
     /// Every packet seen, in order, with the number of the connection (from 1) it was on.
     pub seen: Arc<Mutex<Vec<(u32, Seen)>>>,
     cut: Arc<tokio::sync::Notify>,
-    /// PUBACKs still let through before every connection is dropped, once armed.
-    pubacks_before_cut: Arc<Mutex<Option<usize>>>,
+    /// See [`MqttWire::cut_after_pubacks`].
+    puback_cut: Arc<Mutex<PubackCut>>,
+}
+
+/// A cut of the client's direction, counted in PUBACKs.
+#[derive(Default)]
+struct PubackCut {
+    /// PUBACKs still let through before the connection is dropped, once armed.
+    before: Option<usize>,
+    /// Once cut: how many PUBACKs of the read the cut fell in went through before it.
+    passed_in_the_cut_read: Option<usize>,
 }
 
 impl MqttWire {
@@ -33,8 +42,8 @@ impl MqttWire {
         let broker: SocketAddr = ([127, 0, 0, 1], broker_port).into();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let cut = Arc::new(tokio::sync::Notify::new());
-        let pubacks_before_cut = Arc::new(Mutex::new(None));
-        let (seen2, cut2, armed2) = (seen.clone(), cut.clone(), pubacks_before_cut.clone());
+        let puback_cut = Arc::new(Mutex::new(PubackCut::default()));
+        let (seen2, cut2, armed2) = (seen.clone(), cut.clone(), puback_cut.clone());
         tokio::spawn(async move {
             let mut connection = 0u32;
             loop {
@@ -52,12 +61,12 @@ impl MqttWire {
                     let upstream = Relay {
                         connection,
                         seen: seen.clone(),
-                        pubacks_before_cut: Some(armed),
+                        puback_cut: Some(armed),
                     };
                     let downstream = Relay {
                         connection,
                         seen,
-                        pubacks_before_cut: None,
+                        puback_cut: None,
                     };
                     tokio::select! {
                         _ = upstream.run(client_read, broker_write) => {}
@@ -71,7 +80,7 @@ impl MqttWire {
             port,
             seen,
             cut,
-            pubacks_before_cut,
+            puback_cut,
         }
     }
 
@@ -79,7 +88,17 @@ impl MqttWire {
     /// carries the next one, at the byte where it starts: the broker gets the first
     /// `count` of a write of several and never the rest.
     pub fn cut_after_pubacks(&self, count: usize) {
-        *self.pubacks_before_cut.lock().unwrap() = Some(count);
+        *self.puback_cut.lock().unwrap() = PubackCut {
+            before: Some(count),
+            passed_in_the_cut_read: None,
+        };
+    }
+
+    /// After a [`cut_after_pubacks`](Self::cut_after_pubacks) has happened: how many
+    /// PUBACKs went through from the read it fell in (more than 0: it cut a write of
+    /// several in the middle, as far as one read shows a write).
+    pub fn pubacks_through_in_the_cut_read(&self) -> Option<usize> {
+        self.puback_cut.lock().unwrap().passed_in_the_cut_read
     }
 
     /// Drops every open connection, both ways.
@@ -97,7 +116,7 @@ struct Relay {
     connection: u32,
     seen: Arc<Mutex<Vec<(u32, Seen)>>>,
     /// The client's direction: see [`MqttWire::cut_after_pubacks`].
-    pubacks_before_cut: Option<Arc<Mutex<Option<usize>>>>,
+    puback_cut: Option<Arc<Mutex<PubackCut>>>,
 }
 
 impl Relay {
@@ -120,10 +139,14 @@ impl Relay {
             pending.extend_from_slice(&buf[..n]);
             let mut at = 0;
             let mut cut_at = None;
+            let mut pubacks_in_read = 0;
             while let Some((packet, len)) = next_packet(&pending[at..]) {
-                if matches!(packet, Some(Seen::PubAck { .. })) && self.cut_here() {
-                    cut_at = Some(at);
-                    break;
+                if matches!(packet, Some(Seen::PubAck { .. })) {
+                    if self.cut_here(pubacks_in_read) {
+                        cut_at = Some(at);
+                        break;
+                    }
+                    pubacks_in_read += 1;
                 }
                 if let Some(packet) = packet {
                     self.seen.lock().unwrap().push((self.connection, packet));
@@ -143,15 +166,17 @@ impl Relay {
         }
     }
 
-    /// Counts one PUBACK down: true when it is the one the cut comes before.
-    fn cut_here(&self) -> bool {
-        let Some(armed) = &self.pubacks_before_cut else {
+    /// Counts one PUBACK down: true when it is the one the cut comes before (and
+    /// `passed_in_read` went through before it in the same read).
+    fn cut_here(&self, passed_in_read: usize) -> bool {
+        let Some(cut) = &self.puback_cut else {
             return false;
         };
-        let mut armed = armed.lock().unwrap();
-        match *armed {
+        let mut cut = cut.lock().unwrap();
+        match cut.before {
             Some(0) => {
-                *armed = None;
+                cut.before = None;
+                cut.passed_in_the_cut_read = Some(passed_in_read);
                 true
             }
             Some(ref mut left) => {
